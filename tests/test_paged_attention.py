@@ -71,3 +71,24 @@ def test_paged_and_contiguous_engines_match_transformers():
             assert got_tokens == ref_tokens, type(engine).__name__
             torch.testing.assert_close(got_logits, ref_logits, atol=1e-3, rtol=1e-3)
     assert engine.rows == {}, "greedy_generate must free its sequences"
+
+
+def test_forked_samples_equal_independent_samples_with_fewer_blocks():
+    """Copy-on-write sharing changes memory, not results."""
+    from utils.models import ModelUnavailableError, load_model
+    from utils.paged_llama import PagedEngine, parallel_sample
+    try:
+        model = load_model(device="cpu", dtype=torch.float32)
+    except ModelUnavailableError as e:
+        pytest.skip(f"course model not available: {e}")
+    prompt = list(range(100, 130))                      # 30 tokens: 7 full blocks of 4 + a half-full one
+    shared = PagedEngine(model, num_blocks=64, block_size=4)
+    tokens_shared, peak_shared = parallel_sample(shared, prompt, n=3, steps=4, share=True)
+    separate = PagedEngine(model, num_blocks=64, block_size=4)
+    tokens_sep, peak_sep = parallel_sample(separate, prompt, n=3, steps=4, share=False)
+    assert tokens_shared == tokens_sep
+    assert shared.copies == 2, "two of the three samples copy the shared half-full block; the last writes in place"
+    # 4 samples = 3 decode steps writing positions 30, 31, 32: the third opens a new block per sample
+    assert peak_shared == 8 + 2 + 3, "8 shared prompt blocks + 2 copies + 3 new blocks"
+    assert peak_sep == 3 * (8 + 1)
+    assert shared.manager.num_used_blocks == 0

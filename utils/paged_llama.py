@@ -211,3 +211,35 @@ def hf_greedy_reference(model, prompt: list[int], max_new_tokens: int):
         tokens.append(int(last.argmax()))
         ids = torch.tensor([[tokens[-1]]], device=model.device)
     return tokens, torch.stack(logits)
+
+
+def parallel_sample(engine: PagedEngine, prompt: list[int], n: int, steps: int, *, share: bool = True,
+                    temperature: float = 0.8, seed: int = 0):
+    """n sampled continuations of one prompt (parallel sampling, as in `SamplingParams(n=...)`).
+
+    share=True: prefill once and fork n-1 times; the prompt's blocks are shared and only a partly filled
+    last block is copied when a sample first writes to it (copy-on-write). share=False: n independent
+    prefills of the same prompt. Same seed -> same samples either way. Returns (tokens [n][steps],
+    peak blocks in use).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    ids = list(range(n))
+    if share:
+        first = engine.prefill(0, prompt)
+        for i in ids[1:]:
+            engine.fork(0, i)
+        logits = first[None].expand(n, -1)
+    else:
+        logits = torch.stack([engine.prefill(i, prompt) for i in ids])
+    tokens, peak = [[] for _ in ids], engine.manager.num_used_blocks
+    for step in range(steps):
+        probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+        nxt = torch.multinomial(probs, 1, generator=gen)[:, 0].tolist()
+        for t, x in zip(tokens, nxt):
+            t.append(x)
+        if step < steps - 1:
+            logits = engine.decode(ids, nxt)
+            peak = max(peak, engine.manager.num_used_blocks)
+    for i in ids:
+        engine.free(i)
+    return tokens, peak
