@@ -46,7 +46,7 @@ def time_decode_step(model, batch: int, context: int, repeat: int = 10, warmup: 
 
         def step():
             model(input_ids=nxt, past_key_values=cache, use_cache=True)
-            cache.crop(context)
+            cache.crop(-1)        # drop the token just appended: every repetition sees `context` tokens
 
         return benchmark(step, warmup=warmup, repeat=repeat, device=str(model.device), max_seconds=max_seconds)
 

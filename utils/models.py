@@ -230,6 +230,8 @@ def load_tokenizer(model: str | None = None):
 def load_model(model: str | None = None, device: str | None = None, dtype=None, attn_implementation: str = "sdpa"):
     """Load a causal LM in eval mode on `device` (default: cuda if present) and `dtype` (bf16 GPU / fp32 CPU)."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()          # per-tensor loading bars drown notebook output
     path = resolve_model(model)
     device = pick_device(device)
     dtype = dtype or pick_dtype(device)

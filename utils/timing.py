@@ -165,6 +165,9 @@ def time_generate(model, inputs: dict, max_new_tokens: int, **generate_kwargs) -
         gen_cfg.pad_token_id = 0
     if not gen_cfg.do_sample:
         gen_cfg.temperature = gen_cfg.top_p = gen_cfg.top_k = None
+    for key in list(generate_kwargs):          # e.g. cache_implementation, disable_compile: config fields
+        if hasattr(gen_cfg, key):
+            setattr(gen_cfg, key, generate_kwargs.pop(key))
     streamer = _TimingStreamer(device)
     synchronize(device)
     streamer.t0 = time.perf_counter()

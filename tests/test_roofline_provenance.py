@@ -1,0 +1,42 @@
+import json
+
+import pytest
+
+from utils import provenance, roofline
+
+
+def test_ridge_and_attainable():
+    assert roofline.ridge_point(1e12, 1e11) == 10
+    assert roofline.attainable(1, 1e12, 1e11) == 1e11       # memory-bound side
+    assert roofline.attainable(100, 1e12, 1e11) == 1e12     # compute-bound side
+
+
+def test_forward_cost_decode_intensity_tracks_batch():
+    n = 1_000_000_000
+    one = roofline.forward_cost(n, 2, kv_bytes_per_token=0, batch=1, new_tokens=1, context=0)
+    many = roofline.forward_cost(n, 2, kv_bytes_per_token=0, batch=64, new_tokens=1, context=0)
+    assert one.intensity == pytest.approx(1.0)              # 2 FLOP per 2-byte weight
+    assert many.intensity == pytest.approx(64.0)
+    with_kv = roofline.forward_cost(n, 2, kv_bytes_per_token=131072, batch=64, new_tokens=1, context=4096)
+    assert with_kv.intensity < many.intensity               # the KV cache adds bytes, not FLOPs
+
+
+def test_measured_ceilings_are_positive_and_plausible_on_cpu():
+    bw = roofline.measure_bandwidth("cpu", nbytes=64 << 20, repeat=5)
+    mm = roofline.measure_matmul_flops("cpu", n=256, repeat=5)
+    assert 1e8 < bw.value < 1e13 and 1e8 < mm.value < 1e15
+
+
+def test_save_results_writes_provenance(tmp_path, monkeypatch):
+    monkeypatch.setenv(provenance.RESULTS_ENV, str(tmp_path))
+    import numpy as np
+    path = provenance.save_results("99_test.ipynb", {"x": np.float32(1.5), "nan": float("nan"), "rows": [{"a": 1}]})
+    doc = json.loads(path.read_text())
+    assert path == tmp_path / "99_test.json"
+    assert doc["results"] == {"x": 1.5, "nan": None, "rows": [{"a": 1}]}
+    assert doc["provenance"]["torch"] and "cpu" in doc["provenance"]
+
+
+def test_device_label():
+    assert provenance.device_label({"gpu": "NVIDIA H200"}) == "NVIDIA H200"
+    assert provenance.device_label({"cpu": "X", "cpu_cores": 2}) == "CPU: X (2 cores)"
