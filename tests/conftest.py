@@ -1,9 +1,2 @@
-"""Test-wide settings: never touch the hub, never overwrite committed results."""
-import os
-import tempfile
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-# Notebook kernels started by nbval inherit this: results/<nb>.json of a CPU test run go to a temp folder.
-os.environ.setdefault("COURSE_RESULTS_DIR", tempfile.mkdtemp(prefix="course-results-"))
+"""Shared test settings live in tests/course_env.py (loaded for the whole run by pytest.ini)."""
+from tests.course_env import *  # noqa: F401,F403  (also when a test file is run without pytest.ini)
