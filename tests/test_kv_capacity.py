@@ -1,9 +1,7 @@
 """The KV capacity calculator reproduces vLLM's block arithmetic and the fits() table is consistent."""
 from types import SimpleNamespace
 
-import pytest
-
-from utils.kv_capacity import fits, token_capacity, vllm_blocks, vllm_reported_capacity
+from utils.kv_capacity import fits, token_capacity, vllm_blocks
 from utils.memory import GiB
 
 # SmolLM2-135M: 30 layers, 9 query heads, 3 KV heads, head_dim 64 -> 23,040 bytes/token in bf16
@@ -23,14 +21,3 @@ def test_fits_subtracts_weights_and_never_goes_negative():
     assert f["kv_budget_bytes"] == 4 * GiB and f["token_capacity"] == 4 * GiB // 23_040
     assert f["max_batch"] == f["token_capacity"] // 1000
     assert fits(SMOL, gpu_bytes=1 * GiB, weight_bytes=2 * GiB, context=10)["max_batch"] == 0
-
-
-def test_reported_capacity_feature_detection():
-    cache = SimpleNamespace(num_gpu_blocks=10, block_size=16)
-    llm = SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=SimpleNamespace(cache_config=cache)))
-    assert vllm_reported_capacity(llm) == {"block_size": 16, "num_blocks": 10, "tokens": 160,
-                                           "source": "cache_config.num_gpu_blocks * block_size"}
-    cache.kv_cache_size_tokens = 150
-    assert vllm_reported_capacity(llm)["tokens"] == 150
-    with pytest.raises(RuntimeError, match="KV cache size"):
-        vllm_reported_capacity(SimpleNamespace())

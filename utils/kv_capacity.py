@@ -1,4 +1,4 @@
-"""How many tokens of KV cache fit: our calculator, and what vLLM reports, read the same way on every version.
+"""How many tokens of KV cache fit: the calculator that vLLM's reported capacity is checked against.
 
 The calculator is vLLM's own arithmetic for a model whose layers are all full attention:
     page bytes (one block, one layer) = 2 (K and V) * block_size * kv_heads * head_dim * bytes/elem
@@ -14,6 +14,7 @@ Where vLLM keeps the result (checked on 0.32.0 here; the same attributes exist i
   * `cache_config.kv_cache_size_tokens` - only on newer versions, and only where the engine core ran;
     otherwise capacity = num_blocks * block_size (exact for models whose layers all use full attention).
   * the log line "GPU KV cache size: N tokens" ("CPU KV cache size" on the CPU build) says the same.
+`utils.vllm_engine.kv_capacity(llm)` reads these attributes.
 """
 from __future__ import annotations
 
@@ -44,44 +45,3 @@ def fits(config, gpu_bytes: float, weight_bytes: float, context: int, *, dtype="
     tokens = int(max(0.0, budget) // per_token)
     return {"kv_budget_bytes": max(0.0, budget), "kv_bytes_per_token": per_token, "token_capacity": tokens,
             "max_batch": tokens // context}
-
-
-def vllm_reported_capacity(llm) -> dict:
-    """Block size, number of KV blocks and token capacity of a running `vllm.LLM`, feature-detected.
-
-    Returns {"block_size", "num_blocks", "tokens", "source"}; raises RuntimeError with what was found if the
-    attributes moved (then read the "KV cache size: N tokens" line in the engine's log instead).
-    """
-    engine = getattr(llm, "llm_engine", None)
-    cfg = getattr(engine, "vllm_config", None) or getattr(llm, "vllm_config", None)
-    cache = getattr(cfg, "cache_config", None)
-    blocks = getattr(cache, "num_gpu_blocks", None)
-    block_size = getattr(cache, "block_size", None)
-    if not blocks or not block_size:
-        raise RuntimeError(
-            "Could not find the KV cache size on this vLLM version (looked for llm.llm_engine.vllm_config."
-            f"cache_config.num_gpu_blocks / block_size; got {blocks!r} / {block_size!r}). Read the "
-            "'KV cache size: N tokens' line of the engine log instead.")
-    tokens = getattr(cache, "kv_cache_size_tokens", None)
-    source = "cache_config.kv_cache_size_tokens"
-    if not tokens:
-        tokens, source = blocks * block_size, "cache_config.num_gpu_blocks * block_size"
-    return {"block_size": int(block_size), "num_blocks": int(blocks), "tokens": int(tokens), "source": source}
-
-
-def free_vllm(llm) -> None:
-    """Shut an in-process vLLM engine down and give its memory back (call, then `del` your own reference)."""
-    import contextlib
-    import gc
-    engine = getattr(llm, "llm_engine", None)
-    core = getattr(engine, "engine_core", None)
-    with contextlib.suppress(Exception):
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
-    with contextlib.suppress(Exception):
-        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
-        destroy_model_parallel()
-        destroy_distributed_environment()
-    gc.collect()
-    from .memory import free_gpu_memory
-    free_gpu_memory()

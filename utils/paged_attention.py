@@ -59,12 +59,15 @@ def masked_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     Slots at or past a sequence's length are masked out. kv_heads may divide heads (GQA/MQA).
     Shared by the paged and the contiguous cache so that the two differ only in how K/V are fetched.
     """
-    n, t = k.shape[0], k.shape[1]
+    n, heads, d = q.shape
+    t, kv_heads = k.shape[1], k.shape[2]
     mask = torch.arange(t, device=k.device)[None, :] < context_lens.to(k.device)[:, None]     # [batch, T]
-    out = F.scaled_dot_product_attention(
-        q[:, :, None, :], k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask[:, None, None, :],
-        scale=scale, enable_gqa=q.shape[1] != k.shape[2])
-    return out[:, :, 0, :]
+    # GQA without copying K/V: the `heads // kv_heads` query heads that share a KV head become that head's
+    # "query rows" (query head j uses KV head j // group, as in HF's repeat_kv).
+    qg = q.reshape(n, kv_heads, heads // kv_heads, d)
+    out = F.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=mask[:, None, None, :], scale=scale)
+    return out.reshape(n, heads, d)
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
