@@ -126,9 +126,10 @@ class ServerProcess:
             self._remember_descendants()
             code = self.proc.poll()
             if code is not None:
+                errors = "\n".join(self.log_errors())
                 raise ServerStartError(f"{self.name} exited with code {code} before becoming healthy.\n"
                                        f"Command: {' '.join(self.cmd)}\nLast lines of {self.log_path}:\n"
-                                       f"{self.log_tail()}")
+                                       f"{self.log_tail()}\n\nErrors in the log (root cause first):\n{errors}")
             try:
                 if httpx.get(self.url(self.health_path), timeout=2.0, trust_env=False).status_code == 200:
                     return
@@ -210,6 +211,22 @@ class ServerProcess:
             time.sleep(0.5)
         return {"pids": alive, "gpu_pids": gpu}
 
+    def log_errors(self, limit: int = 3) -> list[str]:
+        """The last distinct exception lines ("ValueError: ...") anywhere in the log: the root cause of a failed
+        start is often far above the tail (a worker's error, then a long traceback of the API server)."""
+        import re
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        text = re.sub(r"\x1b\[[0-9;]*m", "", text)                  # ANSI colours
+        found: list[str] = []
+        for line in text.splitlines():
+            m = re.search(r"\b([A-Z]\w*(?:Error|Exception)): (.+)", line)
+            if m and m.group(0) not in found:
+                found.append(m.group(0))
+        return found[-limit:]
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -287,6 +304,7 @@ class VLLMServer(ServerProcess):
         self.engine_args = engine_args
         env = dict(os.environ)
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env["VLLM_LOGGING_LEVEL"] = "INFO"       # the log file is for reading (a notebook may quiet its own vLLM)
         env.update({k: str(v) for k, v in (env_overrides or {}).items()})
         super().__init__(vllm_command(model, port, served_model_name=served_model_name, **engine_args), port,
                          env=env, log_path=log_path, startup_timeout_s=startup_timeout_s, name="vllm")
