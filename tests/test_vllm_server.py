@@ -158,3 +158,18 @@ def test_real_vllm_server_start_stop():
     left = srv.leftovers()
     assert left == {"pids": [], "gpu_pids": []}, f"left behind: {left}"
     assert not any(p["pid"] in srv.pids for p in gpu_processes())
+
+
+def test_log_errors_finds_the_root_cause(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("\x1b[31mERROR\x1b[0m worker: ValueError: To serve at least one request ... max seq len\n"
+                   + "  File 'a.py', line 1\n" * 60 + "RuntimeError: Engine core initialization failed.\n")
+    srv = vs.ServerProcess(["true"], 1, log_path=log)
+    errs = srv.log_errors()
+    assert errs[0].startswith("ValueError: To serve at least one request") and errs[-1].startswith("RuntimeError")
+    assert "ValueError" not in srv.log_tail(40)          # why the tail alone is not enough
+
+
+def test_vllm_entry_point_runs_as_a_script():
+    ep = vs.vllm_entry_point()
+    assert ep[0] == "-m" and ep[1] in ("vllm.entrypoints.openai.api_server", "vllm.entrypoints.cli.main")

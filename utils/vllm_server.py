@@ -260,6 +260,24 @@ def stop_all_servers() -> None:
 
 
 # ------------------------------------------------------------------------------------------ vLLM
+def vllm_entry_point() -> list[str]:
+    """`-m vllm.entrypoints.openai.api_server` when that module still runs as a script (0.26 .. 0.32 at least),
+    else `-m vllm.entrypoints.cli.main serve` (what the `vllm serve` console script calls). Decided by reading the
+    module's source, so that building a command does not import vLLM."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec("vllm.entrypoints.openai.api_server")
+    except ModuleNotFoundError:
+        spec = None
+    if spec and spec.origin:
+        try:
+            if '__name__ == "__main__"' in Path(spec.origin).read_text():
+                return ["-m", "vllm.entrypoints.openai.api_server"]
+        except OSError:
+            pass
+    return ["-m", "vllm.entrypoints.cli.main", "serve"]
+
+
 def vllm_command(model: str, port: int, host: str = "127.0.0.1", served_model_name: str | None = None,
                  python: str | None = None, **engine_args) -> list[str]:
     """`python -m vllm.entrypoints.openai.api_server --model M --host H --port P --<engine args>`.
@@ -269,8 +287,7 @@ def vllm_command(model: str, port: int, host: str = "127.0.0.1", served_model_na
     -> omitted; dicts -> JSON).
     """
     import json
-    cmd = [python or sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-           "--host", host, "--port", str(port)]
+    cmd = [python or sys.executable, *vllm_entry_point(), "--model", str(model), "--host", host, "--port", str(port)]
     if served_model_name:
         cmd += ["--served-model-name", served_model_name]
     for k, v in engine_args.items():
