@@ -72,3 +72,30 @@ def phase_cost(config, n_params: int, dtype, batch: int, new_tokens: int, contex
                         kv_bytes_per_token=kv_cache_bytes_for(config, 1, dtype), batch=batch,
                         new_tokens=new_tokens, context=context,
                         attn_flops_per_token_per_ctx=attention_flops_per_token_per_ctx(config))
+
+
+def sdpa_backend_comparison(model, batch: int = 1, context: int = 512, repeat: int = 10) -> list[dict]:
+    """Time one decode step with PyTorch SDPA restricted to each backend in turn (and unrestricted).
+
+    SDPA picks a kernel by heuristics. For decode (one query token against a cache whose length changes every
+    step) a backend with a large per-call host cost can dominate a small model's step time: measure before
+    trusting a batch-1 number. Backends that cannot run here are reported, not hidden.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    rows = []
+    choices = [("default (PyTorch's choice)", None)] + [
+        (name, getattr(SDPBackend, name)) for name in
+        ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH") if hasattr(SDPBackend, name)]
+    for label, backend in choices:
+        try:
+            if backend is None:
+                t = time_decode_step(model, batch, context, repeat=repeat)
+            else:
+                with sdpa_kernel([backend]):
+                    t = time_decode_step(model, batch, context, repeat=repeat)
+            rows.append({"sdpa backend": label, "step_ms": t.median * 1e3, "p10_ms": t.p10 * 1e3,
+                         "p90_ms": t.p90 * 1e3, "status": "ok"})
+        except Exception as e:  # noqa: BLE001 - a backend that cannot serve this shape/device is a result
+            rows.append({"sdpa backend": label, "step_ms": float("nan"), "p10_ms": float("nan"),
+                         "p90_ms": float("nan"), "status": f"not available: {str(e).splitlines()[0][:60]}"})
+    return rows
