@@ -17,7 +17,7 @@ import dataclasses
 import gc
 import os
 
-GiB = 1024 ** 3
+from .memory import GiB
 
 
 def on_gpu() -> bool:
