@@ -18,14 +18,13 @@ Where vLLM keeps the result (checked on 0.32.0 here; the same attributes exist i
 """
 from __future__ import annotations
 
-from .memory import dtype_bytes, kv_cache_bytes_for, kv_shape
+from .memory import kv_cache_bytes_for
 
 
 def vllm_blocks(config, kv_memory_bytes: float, block_size: int, dtype="bf16") -> int:
     """KV blocks vLLM carves out of `kv_memory_bytes` for a full-attention model."""
-    layers, kv_heads, head_dim = kv_shape(config)
-    page = 2 * block_size * kv_heads * head_dim * dtype_bytes(dtype)
-    return int(kv_memory_bytes // (page * layers))
+    # one block across all layers = K and V of block_size tokens: the same formula as bytes per token
+    return int(kv_memory_bytes // kv_cache_bytes_for(config, block_size, dtype))
 
 
 def token_capacity(config, kv_memory_bytes: float, block_size: int = 1, dtype="bf16") -> int:

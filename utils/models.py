@@ -18,8 +18,9 @@ import os
 import shutil
 import socket
 import tempfile
-import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 MODEL_ENV = "COURSE_MODEL"          # hub id or local path; unset = offline default
 CACHE_ENV = "COURSE_CACHE"          # where converted models live (default ~/.cache/inference-course)
@@ -77,22 +78,33 @@ def offline_default_model(cache: Path | None = None, verbose: bool = True) -> Pa
     if _is_complete(dest):
         return dest
     gguf = find_gguf()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}.", dir=dest.parent))
-    try:
+    with _publish_folder(dest, _is_complete) as tmp:
         if verbose:
             print(f"Converting {gguf.name} -> {dest} (once per machine; ~1-3 min on 2 CPU cores) ...", flush=True)
         _convert_gguf(gguf, tmp)
-        if dest.exists() and not _is_complete(dest):
-            shutil.rmtree(dest, ignore_errors=True)    # stale cache from an older conversion
+    return dest
+
+
+@contextmanager
+def _publish_folder(dest: Path, is_complete) -> Iterator[Path]:
+    """Yield a private temporary folder beside `dest`; when the block succeeds, rename it to `dest`.
+
+    A rename is atomic, so readers never see a half-written folder. If another process published a
+    complete `dest` first, its copy is kept; an incomplete or stale `dest` is replaced.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists() and not is_complete(dest):
+            shutil.rmtree(dest, ignore_errors=True)    # stale cache from an older format
         try:
             os.rename(tmp, dest)
         except OSError:
-            if not _is_complete(dest):                 # another process won the race: use its copy
+            if not is_complete(dest):                  # another process won the race: use its copy
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return dest
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -281,9 +293,7 @@ def random_weights_dir(shape: str, cache: Path | None = None) -> Path:
     if (dest / "config.json").is_file():
         return dest
     src_tok = offline_default_model()
-    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}"
-    tmp.mkdir(parents=True)
-    try:
+    with _publish_folder(dest, lambda d: (d / "config.json").is_file()) as tmp:
         cfg = dict(KNOWN_SHAPES[key], torch_dtype="bfloat16", dtype="bfloat16")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
         for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
@@ -291,13 +301,6 @@ def random_weights_dir(shape: str, cache: Path | None = None) -> Path:
                 shutil.copy(src_tok / f, tmp / f)
         (tmp / "RANDOM_WEIGHTS.txt").write_text(
             f"Architecture of {shape} with NO trained weights: for speed and memory experiments only.\n")
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not (dest / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
