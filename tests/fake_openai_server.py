@@ -130,6 +130,7 @@ def main():
         print("fake server: simulated crash during start-up (CUDA out of memory)", flush=True)
         sys.exit(3)
     ThreadingHTTPServer.daemon_threads = True
+    ThreadingHTTPServer.request_queue_size = 1024   # a real server (uvicorn) listens with a backlog of 2048
     ThreadingHTTPServer((ARGS.host, ARGS.port), Handler).serve_forever()
 
 

@@ -90,6 +90,40 @@ def test_atexit_hook_stops_forgotten_servers():
     assert not srv.is_running() and srv.leftovers(gpu_wait_s=0)["pids"] == []
 
 
+def test_server_dies_with_a_killed_parent(tmp_path):
+    # A notebook kernel SIGKILLed by Jupyter/nbclient runs no atexit hook: the reaper must stop its server.
+    script = tmp_path / "starter.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from utils import vllm_server as vs\n"
+        "port = vs.free_port()\n"
+        f"srv = vs.ServerProcess([sys.executable, {FAKE!r}, '--port', str(port), '--spawn-child'], port, name='fake')\n"
+        "srv.start()\n"
+        "srv._remember_descendants()\n"
+        "print(' '.join(map(str, sorted(srv.pids))), flush=True)\n"
+        "time.sleep(600)\n")
+    import subprocess
+    starter = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in starter.stdout.readline().split()]
+    assert len(pids) >= 2, "expected the fake server and its child"
+    assert all(psutil.pid_exists(p) for p in pids)
+    starter.kill()                      # no cleanup code runs in the starter
+    starter.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(vs._pid_alive(p) for p in pids):
+        time.sleep(0.2)
+    assert not any(vs._pid_alive(p) for p in pids), "server outlived the process that started it"
+
+
+def test_reaper_exits_after_a_normal_stop():
+    srv = fake_server().start()
+    reaper = srv._reaper
+    assert reaper is not None and reaper.poll() is None
+    srv.stop()
+    assert reaper.poll() is not None and srv._reaper is None
+
+
 def test_own_process_group():
     with fake_server() as srv:
         assert os.getpgid(srv.pid) == srv.pid != os.getpgid(0)

@@ -105,10 +105,25 @@ def parse_sse_line(line: str):
     return json.loads(data)
 
 
-async def stream_request(client, base_url: str, model: str, request, *, api: str = "completions",
+async def _sse_lines(resp):
+    """The lines of a streamed HTTP body, as they arrive (chunks are split on newlines, partial lines kept)."""
+    buf = b""
+    async for piece in resp.content.iter_any():
+        buf += piece
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", errors="replace")
+    if buf:
+        yield buf.decode("utf-8", errors="replace")
+
+
+async def stream_request(session, base_url: str, model: str, request, *, api: str = "completions",
                          ignore_eos: bool = True, extra_body: dict | None = None, run_t0: float | None = None,
                          tokenizer=None) -> RequestResult:
-    """Send one streamed request and time every chunk (vLLM's async_request_openai_* semantics)."""
+    """Send one streamed request on an aiohttp session and time every chunk (vLLM's async_request_openai_*).
+
+    aiohttp, as in `vllm bench serve`: httpx's pool raised intermittent ReadErrors at a few hundred
+    concurrent streams (encode/httpx#3348), which a benchmark would misreport as server failures."""
     path, body = build_payload(request, model, api, ignore_eos, extra_body)
     res = RequestResult(id=request.id, prompt_len=request.prompt_len, output_len_requested=request.output_len)
     st = time.perf_counter()
@@ -117,12 +132,12 @@ async def stream_request(client, base_url: str, model: str, request, *, api: str
     first = False
     text: list[str] = []
     try:
-        async with client.stream("POST", base_url.rstrip("/") + path, json=body) as resp:
-            if resp.status_code != 200:
-                detail = (await resp.aread()).decode(errors="replace")[:500]
-                res.error = f"HTTP {resp.status_code}: {detail}"
+        async with session.post(base_url.rstrip("/") + path, json=body) as resp:
+            if resp.status != 200:
+                detail = (await resp.read()).decode(errors="replace")[:500]
+                res.error = f"HTTP {resp.status}: {detail}"
                 return res
-            async for line in resp.aiter_lines():
+            async for line in _sse_lines(resp):
                 data = parse_sse_line(line)
                 if data is None or data == "[DONE]":
                     continue
@@ -263,16 +278,16 @@ async def run_benchmark_async(base_url: str, model: str, requests: list, *, conc
                               percentiles=DEFAULT_PERCENTILES, tokenizer=None,
                               progress: bool = False) -> BenchmarkResult:
     """Run `requests` against the server; see `run_benchmark` (the synchronous entry point)."""
-    import httpx
+    import aiohttp
     if not requests:
         raise ValueError("no requests to send")
     if concurrency is not None and concurrency < 1:
         raise ValueError("concurrency must be >= 1 (or None for unlimited)")
     slots = concurrency or len(requests)
-    limits = httpx.Limits(max_connections=slots + 4, max_keepalive_connections=slots + 4)
     kw = dict(api=api, ignore_eos=ignore_eos, extra_body=extra_body, tokenizer=tokenizer)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0), limits=limits,
-                                 trust_env=False) as client:
+    connector = aiohttp.TCPConnector(limit=slots + 4, keepalive_timeout=60)
+    timeout = aiohttp.ClientTimeout(total=timeout_s, connect=10.0)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as client:
         if warmup:   # like vLLM: copies of the first request, at the same concurrency, not measured
             sem_w = asyncio.Semaphore(slots)
 

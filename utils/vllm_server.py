@@ -8,6 +8,9 @@ gpu_memory_utilization of it), so the next notebook cell fails with out-of-memor
   * stop = SIGTERM to the group, wait, then SIGKILL to whatever is left;
   * a context manager (stops after a cell error or KeyboardInterrupt) and an atexit hook (last resort when
     the kernel exits with a server still registered);
+  * a reaper: a tiny watchdog process that kills the server's group when the process that started it dies,
+    however it dies (a notebook kernel SIGKILLed by Jupyter or nbclient never runs its atexit hooks; a
+    server it started would otherwise keep most of the GPU's memory until someone finds it);
   * `leftovers()` says which of its processes are still alive (and which still hold GPU memory per NVML),
     so notebooks can *assert* that nothing is left behind.
 
@@ -52,6 +55,40 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+# Runs as `python -c _REAPER_SRC <parent pid> <server pgid>` in its own session (so a kill of the parent's
+# process group does not take it along). It exits with the server; if the parent goes first (its ppid changes:
+# the reaper was re-parented), it stops the server's group: SIGTERM, then SIGKILL after 15 s.
+_REAPER_SRC = """
+import os, signal, sys, time
+parent, pgid = int(sys.argv[1]), int(sys.argv[2])
+def group_alive():
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+while os.getppid() == parent and group_alive():
+    time.sleep(0.5)
+if group_alive():
+    os.killpg(pgid, signal.SIGTERM)
+    t_end = time.monotonic() + 15
+    while group_alive() and time.monotonic() < t_end:
+        time.sleep(0.2)
+    if group_alive():
+        os.killpg(pgid, signal.SIGKILL)
+"""
+
+
+def _start_reaper(pgid: int) -> subprocess.Popen | None:
+    if os.name != "posix":
+        return None
+    return subprocess.Popen([sys.executable, "-c", _REAPER_SRC, str(os.getpid()), str(pgid)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
 class ServerProcess:
     """A subprocess that serves HTTP on 127.0.0.1:`port`, with a health route, in its own process group.
 
@@ -77,6 +114,7 @@ class ServerProcess:
         self.gpu_pids: set[int] = set()
         self.startup_s: float | None = None
         self._log_file = None
+        self._reaper: subprocess.Popen | None = None
 
     # ------------------------------------------------------------------------------- lifecycle
     @property
@@ -106,6 +144,7 @@ class ServerProcess:
                                      start_new_session=True)      # own session = own process group
         self.pgid = os.getpgid(self.proc.pid)
         self.pids.add(self.proc.pid)
+        self._reaper = _start_reaper(self.pgid)
         _LIVE.add(self)
         if wait:
             try:
@@ -179,6 +218,10 @@ class ServerProcess:
         if self._log_file:
             self._log_file.close()
             self._log_file = None
+        if self._reaper is not None:           # its job is done: the server is stopped
+            self._reaper.kill()
+            self._reaper.wait()
+            self._reaper = None
         _LIVE.discard(self)
 
     def _signal_all(self, sig) -> None:
