@@ -6,6 +6,8 @@ from utils.block_manager import BlockManager
 from utils.paged_attention import (PagedKVCache, paged_decode_attention, paged_prefill_attention,
                                    reference_attention)
 
+from tests.paged_setup import ragged_paged_case
+
 
 def _fill(cache, manager, seq_id, k, v, layer=0):
     manager.allocate(seq_id, k.shape[0])
@@ -15,18 +17,8 @@ def _fill(cache, manager, seq_id, k, v, layer=0):
 @pytest.mark.parametrize("heads,kv_heads,block_size", [(4, 4, 4), (8, 2, 16), (6, 1, 3)])   # MHA, GQA, MQA
 def test_paged_decode_matches_reference(heads, kv_heads, block_size):
     torch.manual_seed(0)
-    d, lens = 16, [1, 7, 33, 20]
-    manager = BlockManager(num_blocks=64, block_size=block_size)
-    cache = PagedKVCache(1, 64, block_size, kv_heads, d)
-    manager.allocate(99, 50)                            # a filler sequence, freed below: tables get holes
-    ks, vs = [], []
-    for i, n in enumerate(lens):
-        ks.append(torch.randn(n, kv_heads, d))
-        vs.append(torch.randn(n, kv_heads, d))
-        _fill(cache, manager, i, ks[-1], vs[-1])
-        if i == 1:
-            manager.free(99)
-    q = torch.randn(len(lens), heads, d)
+    lens = [1, 7, 33, 20]
+    q, cache, manager, ks, vs = ragged_paged_case(heads, kv_heads, block_size, lens)
     out = paged_decode_attention(q, cache.k[0], cache.v[0], manager.block_table_tensor(range(len(lens))),
                                  torch.tensor(lens))
     for i in range(len(lens)):

@@ -11,23 +11,13 @@ pytest.importorskip("triton")
 SCRIPT = textwrap.dedent("""
     import os, torch
     os.environ["TRITON_INTERPRET"] = "1"          # must be set before the kernel is defined
-    from utils.block_manager import BlockManager
-    from utils.paged_attention import PagedKVCache, reference_attention
+    from utils.paged_attention import reference_attention
     from utils.paged_attention_triton import paged_decode_attention_triton
+    from tests.paged_setup import ragged_paged_case
     torch.manual_seed(0)
     for heads, kv_heads, block in ((4, 4, 4), (9, 3, 16), (8, 1, 8)):
-        d, lens = 16, [1, 7, 33, 20]
-        m = BlockManager(64, block)
-        cache = PagedKVCache(1, 64, block, kv_heads, d)
-        m.allocate(99, 40)
-        ks, vs = [], []
-        for i, n in enumerate(lens):
-            ks.append(torch.randn(n, kv_heads, d)); vs.append(torch.randn(n, kv_heads, d))
-            m.allocate(i, n)
-            cache.write(0, torch.tensor(m.slots(i, 0, n)), ks[-1], vs[-1])
-            if i == 1:
-                m.free(99)
-        q = torch.randn(len(lens), heads, d)
+        lens = [1, 7, 33, 20]
+        q, cache, m, ks, vs = ragged_paged_case(heads, kv_heads, block, lens)
         out = paged_decode_attention_triton(q, cache.k[0], cache.v[0], m.block_table_tensor(range(len(lens))),
                                             torch.tensor(lens))
         for i in range(len(lens)):
