@@ -1,11 +1,19 @@
 """Loaded by pytest.ini (`-p tests.course_env`) before anything is collected, so it also covers the notebooks
 at the top level (a tests/conftest.py would only cover tests/): never touch the hub, never overwrite the
-committed GPU results with a CPU test run."""
+committed GPU results with a test run, and leave nothing behind in /tmp."""
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-# Notebook kernels started by nbval inherit this: results/<nb>.json of a test run go to a temp folder.
-os.environ.setdefault("COURSE_RESULTS_DIR", tempfile.mkdtemp(prefix="course-results-"))
+# One scratch folder per test run; notebook kernels started by nbval inherit these variables.
+_SCRATCH = tempfile.mkdtemp(prefix="course-test-run-")
+os.environ.setdefault("COURSE_RESULTS_DIR", os.path.join(_SCRATCH, "results"))
+os.environ.setdefault("COURSE_LOG_DIR", os.path.join(_SCRATCH, "logs"))
+
+
+def pytest_unconfigure(config):
+    """Remove this run's scratch folder (results JSON and server logs) when the run ends."""
+    shutil.rmtree(_SCRATCH, ignore_errors=True)

@@ -1,8 +1,8 @@
 """Shared test fixture: ragged sequences written into a paged KV cache whose block tables have holes."""
 import torch
 
-from utils.block_manager import BlockManager
-from utils.paged_attention import PagedKVCache
+from utils.kv.block_manager import BlockManager
+from utils.kv.paged_attention import PagedKVCache
 
 
 def fill(cache, manager, seq_id, k, v, layer=0):

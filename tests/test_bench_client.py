@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from utils import bench_client as bc
-from utils.vllm_server import ServerProcess, free_port
+from utils.serving import client as bc
+from utils.serving import sweep as sw
+from utils.serving.process import ServerProcess, free_port
 from utils.workload import Request
 
 FAKE = str(Path(__file__).with_name("fake_openai_server.py"))
@@ -66,9 +67,10 @@ def test_goodput_and_slo(fake):
     assert bc.compute_metrics(res.results, res.duration_s, {"ttft": 1e6})["good_requests"] == 4
 
 
-def test_failed_requests_are_counted(fake):
-    res = bc.run_benchmark(fake.base_url, "no-such-model", [_req(0)], warmup=0)
-    assert res.metrics["failed"] == 1 and "404" in res.results[0].error
+def test_a_run_where_every_request_fails_raises_with_the_first_error(fake):
+    # Without warm-up, a dead or wrong endpoint must not come back as "0 tok/s, 4 failed" and no error.
+    with pytest.raises(RuntimeError, match=r"all 4 requests failed.*404"):
+        bc.run_benchmark(fake.base_url, "no-such-model", [_req(i) for i in range(4)], warmup=0)
     with pytest.raises(RuntimeError, match="warm-up"):
         bc.run_benchmark(fake.base_url, "no-such-model", [_req(0)], warmup=1)
 
@@ -125,12 +127,12 @@ def test_find_knee_and_cost():
     import pandas as pd
     df = pd.DataFrame({"concurrency": [1, 2, 4, 8, 16], "output_throughput": [100, 190, 350, 370, 375],
                        "p99_itl_ms": [10, 11, 13, 25, 50]})
-    k = bc.find_knee(df)
+    k = sw.find_knee(df)
     assert k["knee"] == 4 and k["saturated"]
     flat = df.assign(output_throughput=[100, 200, 400, 800, 1600])
-    assert bc.find_knee(flat)["saturated"] is False and bc.find_knee(flat)["knee"] == 16
-    assert bc.cost_per_million_tokens(1000, 3.6) == pytest.approx(1.0)
-    assert bc.cost_per_million_tokens(0, 3.6) == math.inf
+    assert sw.find_knee(flat)["saturated"] is False and sw.find_knee(flat)["knee"] == 16
+    assert sw.cost_per_million_tokens(1000, 3.6) == pytest.approx(1.0)
+    assert sw.cost_per_million_tokens(0, 3.6) == math.inf
 
 
 def test_payloads():

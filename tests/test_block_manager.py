@@ -1,7 +1,7 @@
 """Block allocator and block tables: allocation, free, reference counts, copy-on-write."""
 import pytest
 
-from utils.block_manager import BlockAllocator, BlockManager, OutOfBlocksError
+from utils.kv.block_manager import BlockAllocator, BlockManager, OutOfBlocksError
 
 
 def test_allocator_free_list_and_ref_counts():

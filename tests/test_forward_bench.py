@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from utils import forward_bench, models
+from utils import models
+from utils.measure import forward_phases
 
 
 @pytest.fixture(scope="module")
@@ -13,8 +14,8 @@ def model():
 
 
 def test_random_ids_are_reproducible_and_in_vocab(model):
-    a = forward_bench.random_ids(model, 2, 16, seed=3)
-    b = forward_bench.random_ids(model, 2, 16, seed=3)
+    a = forward_phases.random_ids(model, 2, 16, seed=3)
+    b = forward_phases.random_ids(model, 2, 16, seed=3)
     assert torch.equal(a, b) and a.shape == (2, 16)
     assert int(a.min()) >= 100 and int(a.max()) < model.config.vocab_size
 
@@ -31,27 +32,27 @@ def test_decode_step_keeps_the_cache_at_the_requested_context(model, monkeypatch
         return original(*args, **kwargs)
 
     monkeypatch.setattr(model, "forward", spy)
-    t = forward_bench.time_decode_step(model, batch=2, context=24, repeat=3, warmup=1)
+    t = forward_phases.time_decode_step(model, batch=2, context=24, repeat=3, warmup=1)
     assert len(t.samples) == 3
     assert seen == [24] * 4
 
 
 def test_prefill_is_slower_than_one_decode_step(model):
-    pre = forward_bench.time_prefill(model, 1, 256, repeat=3)
-    dec = forward_bench.time_decode_step(model, 1, 256, repeat=3)
+    pre = forward_phases.time_prefill(model, 1, 256, repeat=3)
+    dec = forward_phases.time_decode_step(model, 1, 256, repeat=3)
     assert pre.median > dec.median          # 256 tokens of work vs 1 (ratio only, generous)
 
 
 def test_phase_cost_intensities(model):
     n = sum(p.numel() for p in model.parameters())
-    prefill = forward_bench.phase_cost(model.config, n, "bf16", batch=1, new_tokens=512, context=0)
-    decode = forward_bench.phase_cost(model.config, n, "bf16", batch=1, new_tokens=1, context=512)
+    prefill = forward_phases.phase_cost(model.config, n, "bf16", batch=1, new_tokens=512, context=0)
+    decode = forward_phases.phase_cost(model.config, n, "bf16", batch=1, new_tokens=1, context=512)
     assert prefill.intensity > 100 * decode.intensity
     assert math.isclose(decode.intensity, 1.0, rel_tol=0.1)     # ~2 FLOP per 2-byte weight at batch 1
 
 
 def test_sdpa_backend_comparison_reports_every_backend(model):
-    rows = forward_bench.sdpa_backend_comparison(model, batch=1, context=16, repeat=2)
+    rows = forward_phases.sdpa_backend_comparison(model, batch=1, context=16, repeat=2)
     assert rows[0]["sdpa backend"].startswith("default") and rows[0]["status"] == "ok"
     assert {r["sdpa backend"] for r in rows} >= {"MATH"}
     assert all(r["status"] == "ok" or r["status"].startswith("not available") for r in rows)

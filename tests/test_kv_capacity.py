@@ -1,8 +1,8 @@
 """The KV capacity calculator reproduces vLLM's block arithmetic and the fits() table is consistent."""
 from types import SimpleNamespace
 
-from utils.kv_capacity import fits, token_capacity, vllm_blocks
-from utils.memory import GiB
+from utils.kv.capacity import fits, token_capacity, vllm_blocks
+from utils.measure.memory import GiB
 
 # SmolLM2-135M: 30 layers, 9 query heads, 3 KV heads, head_dim 64 -> 23,040 bytes/token in bf16
 SMOL = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576)

@@ -1,7 +1,7 @@
 """Trace replay: the synthetic trace is reproducible and the waste accounting is right on tiny cases."""
 import pytest
 
-from utils.kv_trace import Request, replay, synthetic_trace
+from utils.kv.trace import Request, replay, synthetic_trace
 
 
 def test_synthetic_trace_is_seeded_and_bounded():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from utils import memory
+from utils.measure import memory
 
 
 def test_kv_cache_bytes_formula():

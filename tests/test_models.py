@@ -82,7 +82,7 @@ def test_random_weights_dir_is_labelled_and_loadable(tmp_path):
 
 
 def test_known_shapes_match_published_parameter_counts():
-    from utils.memory import param_count_from_config
+    from utils.measure.memory import param_count_from_config
     published = {"llama-3.1-8b": 8.03e9, "qwen2.5-1.5b": 1.54e9, "qwen2.5-7b": 7.62e9, "mistral-7b": 7.25e9}
     for name, n in published.items():
         assert abs(param_count_from_config(models.model_config(name)) / n - 1) < 0.01, name

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from utils.block_manager import BlockManager
-from utils.paged_attention import (PagedKVCache, paged_decode_attention, paged_prefill_attention,
+from utils.kv.block_manager import BlockManager
+from utils.kv.paged_attention import (PagedKVCache, paged_decode_attention, paged_prefill_attention,
                                    reference_attention)
 
 from tests.paged_setup import fill, ragged_paged_case
@@ -44,7 +44,7 @@ def test_copy_block_copies_every_layer():
 def test_paged_and_contiguous_engines_match_transformers():
     """End to end on the course model: same greedy tokens and logits close to transformers' own loop."""
     from utils.models import ModelUnavailableError, load_model, load_tokenizer
-    from utils.paged_llama import ContiguousEngine, PagedEngine, greedy_generate, hf_greedy_reference
+    from utils.kv.decode_engines import ContiguousEngine, PagedEngine, greedy_generate, hf_greedy_reference
     try:
         model, tok = load_model(device="cpu", dtype=torch.float32), load_tokenizer()
     except ModelUnavailableError as e:
@@ -63,7 +63,7 @@ def test_paged_and_contiguous_engines_match_transformers():
 def test_forked_samples_equal_independent_samples_with_fewer_blocks():
     """Copy-on-write sharing changes memory, not results."""
     from utils.models import ModelUnavailableError, load_model
-    from utils.paged_llama import PagedEngine, parallel_sample
+    from utils.kv.decode_engines import PagedEngine, parallel_sample
     try:
         model = load_model(device="cpu", dtype=torch.float32)
     except ModelUnavailableError as e:

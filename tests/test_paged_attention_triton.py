@@ -11,8 +11,8 @@ pytest.importorskip("triton")
 SCRIPT = textwrap.dedent("""
     import os, torch
     os.environ["TRITON_INTERPRET"] = "1"          # must be set before the kernel is defined
-    from utils.paged_attention import reference_attention
-    from utils.paged_attention_triton import paged_decode_attention_triton
+    from utils.kv.paged_attention import reference_attention
+    from utils.kv.paged_attention_triton import paged_decode_attention_triton
     from tests.paged_setup import ragged_paged_case
     torch.manual_seed(0)
     for heads, kv_heads, block in ((4, 4, 4), (9, 3, 16), (8, 1, 8)):

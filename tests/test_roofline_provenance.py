@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from utils import provenance, roofline
+from utils.measure import provenance, roofline
 
 
 def test_ridge_and_attainable():

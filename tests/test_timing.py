@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from utils import timing
+from utils.measure import timing
 
 
 def test_percentile_matches_numpy():

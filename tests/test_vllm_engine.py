@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from utils import vllm_engine as ve
+from utils.serving import vllm_offline as ve
 
 
 def test_cpu_kwargs_use_an_explicit_kv_budget_and_eager():

@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from utils import vllm_server as vs
+from utils.serving import process as vs
 
 FAKE = str(Path(__file__).with_name("fake_openai_server.py"))
 
@@ -96,7 +96,7 @@ def test_server_dies_with_a_killed_parent(tmp_path):
     script.write_text(
         "import sys, time\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
-        "from utils import vllm_server as vs\n"
+        "from utils.serving import process as vs\n"
         "port = vs.free_port()\n"
         f"srv = vs.ServerProcess([sys.executable, {FAKE!r}, '--port', str(port), '--spawn-child'], port, name='fake')\n"
         "srv.start()\n"
@@ -177,8 +177,8 @@ def _vllm_installed():
 def test_real_vllm_server_start_stop():
     """One real start (~60-90 s on 2 CPU cores): healthy, answers, reports its KV capacity, leaves nothing."""
     from utils.models import resolve_model
-    from utils.vllm_engine import cpu_env_for, engine_kwargs
-    from utils.memory import gpu_processes
+    from utils.serving.vllm_offline import cpu_env_for, engine_kwargs
+    from utils.measure.gpu import gpu_processes
     kw = engine_kwargs(resolve_model(), max_model_len=512, kv_cache_bytes=64 << 20, enforce_eager=True)
     model = kw.pop("model")
     with vs.VLLMServer(model, served_model_name="smol", env_overrides=cpu_env_for(kw),

@@ -34,18 +34,25 @@ TASKS = (
 
 @dataclass
 class Request:
-    """One request of a workload.
+    """One request, for every part of the course: a KV-cache trace (01, 06) and a served workload (03-06).
 
-    messages: the chat turn (for /v1/chat/completions); prompt: the same turn rendered with the model's
-    chat template (for /v1/completions and offline `generate`); prompt_len: tokens of `prompt`;
-    output_len: tokens to generate (the client sends max_tokens=output_len and ignore_eos=True).
+    prompt_len: tokens of the prompt; output_len: tokens to generate (the client sends max_tokens=output_len
+    and ignore_eos=True); messages: the chat turn (for /v1/chat/completions); prompt: the same turn rendered
+    with the model's chat template (for /v1/completions and offline `generate`); arrival: when it arrives
+    (scheduler steps in a simulated trace; the benchmark client draws its own arrival times).
+    A length-only trace leaves messages and prompt empty.
     """
-    messages: list[dict]
-    prompt: str
     prompt_len: int
     output_len: int
+    messages: list[dict] = field(default_factory=list)
+    prompt: str = ""
+    arrival: int = 0
     id: int = 0
     meta: dict = field(default_factory=dict)
+
+    @property
+    def total_len(self) -> int:
+        return self.prompt_len + self.output_len
 
 
 # ------------------------------------------------------------------------------------------ the text

@@ -4,7 +4,7 @@
 RoPE, attention, o_proj, residual, RMSNorm, SwiGLU MLP, residual -> final norm -> lm_head), reusing the
 HF modules for every weight. Attention is the one piece handed in as a function, so that two engines can
 share everything else:
-  * PagedEngine:      K/V in blocks (utils.block_manager + utils.paged_attention), read through block tables;
+  * PagedEngine:      K/V in blocks (utils.kv.block_manager + utils.kv.paged_attention), read through block tables;
   * ContiguousEngine: K/V in one [max_batch, max_len] slab per layer, one row reserved per sequence.
 Both do batched decode of sequences of different lengths, and the notebook checks both against
 transformers' own generate loop (same logits within tolerance, same greedy tokens).
@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .block_manager import BlockManager
-from .memory import kv_shape
+from ..measure.memory import kv_shape
 from .paged_attention import PagedKVCache, masked_decode_attention, paged_decode_attention, paged_prefill_attention
 
 # attend(layer, q [T, heads, D], k [T, kv_heads, D], v) -> [T, heads, D]; it also stores k, v in its cache.

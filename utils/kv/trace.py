@@ -21,22 +21,12 @@ waste % = 1 - sum_t used(t) / sum_t reserved(t)   (time-averaged over the whole 
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class Request:
-    arrival: int          # step at which it arrives
-    prompt_len: int
-    output_len: int
-
-    @property
-    def total_len(self) -> int:
-        return self.prompt_len + self.output_len
+from ..workload import Request, load_sharegpt
 
 
 # ------------------------------------------------------------------------------------------ traces
@@ -58,35 +48,21 @@ def synthetic_trace(n: int = 500, *, seed: int = 0, rate: float = 2.0, max_model
         t += rng.expovariate(rate)
         p = max(1, min(max_model_len - 1, round(rng.lognormvariate(mu_p, sigma))))
         o = max(1, min(max_model_len - p, round(rng.lognormvariate(mu_o, sigma))))
-        out.append(Request(int(t), p, o))
+        out.append(Request(prompt_len=p, output_len=o, arrival=int(t), id=len(out)))
     return out
 
 
 def sharegpt_trace(path: str | Path, tokenizer, n: int = 500, *, seed: int = 0, rate: float = 2.0,
                    max_model_len: int = 2048) -> list[Request]:
-    """A trace from a ShareGPT-style JSON file: [{"conversations": [{"from": "human", "value": ...},
-    {"from": "gpt", "value": ...}, ...]}, ...]. Takes the first human turn as the prompt and the reply after it
-    as the output, tokenized with `tokenizer`; arrivals are Poisson like synthetic_trace."""
-    data = json.loads(Path(path).read_text())
-    pairs = []
-    for item in data:
-        turns = item.get("conversations") or item.get("conversation") or []
-        for a, b in zip(turns, turns[1:]):
-            if a.get("from") in ("human", "user") and b.get("from") in ("gpt", "assistant"):
-                pairs.append((a.get("value", ""), b.get("value", "")))
-                break
-    if not pairs:
-        raise ValueError(f"{path}: no (human, gpt) turn pairs found; is this a ShareGPT-format JSON file?")
-    rng = random.Random(seed)
-    rng.shuffle(pairs)
-    pairs = pairs[:n]
-    t, out = 0.0, []
-    for prompt, reply in pairs:
-        p = max(1, min(max_model_len - 1, len(tokenizer(prompt)["input_ids"])))
-        o = max(1, min(max_model_len - p, len(tokenizer(reply)["input_ids"])))
+    """A trace from a ShareGPT-style JSON file: the same requests `utils.workload.load_sharegpt` reads (vLLM's
+    rules), given Poisson arrivals like synthetic_trace."""
+    reqs = load_sharegpt(path, tokenizer, n=n, seed=seed, max_prompt_len=max_model_len - 1,
+                         max_total_len=max_model_len)
+    rng, t = random.Random(seed), 0.0
+    for r in reqs:
         t += rng.expovariate(rate)
-        out.append(Request(int(t), p, o))
-    return out
+        r.arrival = int(t)
+    return reqs
 
 
 # ---------------------------------------------------------------------------------- allocators

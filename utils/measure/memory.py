@@ -11,6 +11,8 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from .gpu import nvml_memory
+
 GiB = 1024 ** 3
 MiB = 1024 ** 2
 
@@ -32,12 +34,15 @@ def kv_cache_bytes(num_layers: int, num_kv_heads: int, head_dim: int, tokens: in
     return 2 * num_layers * num_kv_heads * head_dim * dtype_bytes(dtype) * tokens
 
 
+def head_dim(config) -> int:
+    """Per-head width: `head_dim` when the config states it (Llama 3, Mistral), else hidden / heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def kv_shape(config) -> tuple[int, int, int]:
     """(layers, kv_heads, head_dim) from a transformers config (GQA/MQA aware)."""
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return config.num_hidden_layers, kv_heads, head_dim
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return config.num_hidden_layers, kv_heads, head_dim(config)
 
 
 def kv_cache_bytes_for(config, tokens: int = 1, dtype="bf16") -> float:
@@ -63,12 +68,12 @@ def weight_bytes(model) -> int:
 
 def param_count_from_config(config) -> int:
     """Parameters of a Llama-style decoder from its config (embeddings, attention, SwiGLU MLP, norms, head)."""
-    layers, kv_heads, head_dim = kv_shape(config)
+    layers, kv_heads, hd = kv_shape(config)
     d, ff, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
-    q_dim = config.num_attention_heads * head_dim
-    attn = d * q_dim + 2 * d * kv_heads * head_dim + q_dim * d
+    q_dim = config.num_attention_heads * hd
+    attn = d * q_dim + 2 * d * kv_heads * hd + q_dim * d
     if getattr(config, "model_type", "") == "qwen2":
-        attn += q_dim + 2 * kv_heads * head_dim          # Qwen2 has q/k/v biases
+        attn += q_dim + 2 * kv_heads * hd                # Qwen2 has q/k/v biases
     mlp = 3 * d * ff
     per_layer = attn + mlp + 2 * d
     head = 0 if getattr(config, "tie_word_embeddings", False) else vocab * d
@@ -88,35 +93,6 @@ def torch_gpu_memory(device=None) -> dict:
         return {}
     return {"allocated": torch.cuda.memory_allocated(device), "reserved": torch.cuda.memory_reserved(device),
             "peak_allocated": torch.cuda.max_memory_allocated(device)}
-
-
-def nvml_memory(index: int = 0) -> dict:
-    """Whole-device memory from NVML (every process, a server included), in bytes; {} without a GPU."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        try:
-            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
-            return {"used": int(info.used), "total": int(info.total), "free": int(info.free)}
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return {}
-
-
-def gpu_processes(index: int = 0) -> list[dict]:
-    """Processes holding memory on GPU `index` (pid, bytes); [] without a GPU or NVML."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        try:
-            h = pynvml.nvmlDeviceGetHandleByIndex(index)
-            procs = pynvml.nvmlDeviceGetComputeRunningProcesses(h)
-            return [{"pid": p.pid, "used": int(p.usedGpuMemory or 0)} for p in procs]
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return []
 
 
 def snapshot() -> dict:
@@ -145,14 +121,39 @@ class PeakReport:
                 f"(+{self.delta_peak / MiB:,.1f}), after {self.end / MiB:,.1f} MiB")
 
 
+def _peak_rss_reset() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) for this process; False where Linux does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    import re
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+def _return_freed_memory_to_os() -> None:
+    """glibc keeps freed heap pages for reuse; give them back so that the next allocation shows up in RSS."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @contextmanager
 def track_peak(device: str | None = None):
     """Report the peak memory of the enclosed block.
 
-    GPU: torch allocator peak (exact, resets the peak counter). CPU: RSS sampled every 5 ms in a thread
-    (an approximation: very short spikes can be missed).
+    GPU: the torch allocator's peak (exact; resets the peak counter). CPU (Linux): the kernel's own peak-RSS
+    counter VmHWM, reset at the start, after returning freed heap pages to the OS -- exact and independent of
+    timing, so a short spike is not missed. Elsewhere: RSS sampled every 5 ms in a thread (may miss spikes).
     """
-    import threading
     import torch
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     rep = PeakReport(device=device)
@@ -167,7 +168,23 @@ def track_peak(device: str | None = None):
             rep.peak = torch.cuda.max_memory_allocated()
             rep.end = torch.cuda.memory_allocated()
         return
-    rep.start = rep.peak = process_rss()
+    _return_freed_memory_to_os()
+    rep.start = process_rss()
+    if _peak_rss_reset():
+        rep.extra["method"] = "VmHWM"
+        try:
+            yield rep
+        finally:
+            rep.end = process_rss()
+            rep.peak = max(_peak_rss(), rep.start, rep.end)
+        return
+    rep.extra["method"] = "sampled RSS"
+    yield from _sampled_peak(rep)
+
+
+def _sampled_peak(rep: "PeakReport"):
+    import threading
+    rep.peak = rep.start
     stop = threading.Event()
 
     def sample():

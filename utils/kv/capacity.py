@@ -18,7 +18,7 @@ Where vLLM keeps the result (checked on 0.32.0 here; the same attributes exist i
 """
 from __future__ import annotations
 
-from .memory import kv_cache_bytes_for
+from ..measure.memory import kv_cache_bytes_for
 
 
 def vllm_blocks(config, kv_memory_bytes: float, block_size: int, dtype="bf16") -> int:

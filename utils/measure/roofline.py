@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .memory import head_dim
 from .timing import Timing, benchmark
 
 
@@ -85,5 +86,4 @@ def forward_cost(n_params: int, weight_bytes_per_param: float, kv_bytes_per_toke
 def attention_flops_per_token_per_ctx(config) -> float:
     """QK^T and PV: 2 matmuls x 2 FLOP x heads x head_dim per (query token, context token), per layer."""
     heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return 4 * config.num_hidden_layers * heads * head_dim
+    return 4 * config.num_hidden_layers * heads * head_dim(config)

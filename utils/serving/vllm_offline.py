@@ -17,7 +17,7 @@ import dataclasses
 import gc
 import os
 
-from .memory import GiB
+from ..measure.memory import GiB
 
 
 def on_gpu() -> bool:
