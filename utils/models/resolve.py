@@ -43,6 +43,15 @@ def known_names() -> str:
             f"{', '.join(KNOWN_SHAPES)}")
 
 
+def offline_key(name: str) -> str | None:
+    """The registry key for a short name or a model's own name, case-insensitive ('SmolLM2-135M-Instruct')."""
+    low = name.lower()
+    for key, spec in OFFLINE_MODELS.items():
+        if low in (key, spec.name.lower()) or low == spec.name.lower().removesuffix("-instruct"):
+            return key
+    return None
+
+
 def selected_model(model: str | os.PathLike | None = None) -> str:
     """What the switch says, before resolving: the argument, else $COURSE_MODEL, else the default's short name."""
     return str(model) if model else (os.environ.get(MODEL_ENV, "").strip() or DEFAULT_OFFLINE)
@@ -51,8 +60,9 @@ def selected_model(model: str | os.PathLike | None = None) -> str:
 def resolve_model(model: str | os.PathLike | None = None) -> str:
     """Turn the switch into a local folder (str) or a hub id that will load here."""
     choice = selected_model(model)
-    if choice.lower() in OFFLINE_MODELS:
-        return str(offline_model_dir(choice.lower()))
+    key = offline_key(choice)
+    if key:
+        return str(offline_model_dir(key))
     local = Path(choice).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():

@@ -109,12 +109,14 @@ class ServerProcess:
 
     def __init__(self, cmd: list[str], port: int, *, host: str = "127.0.0.1", health_path: str = "/health",
                  env: dict | None = None, log_path: str | os.PathLike | None = None,
-                 startup_timeout_s: float = 600.0, name: str = "server", cwd: str | None = None):
+                 startup_timeout_s: float = 600.0, name: str = "server", cwd: str | None = None,
+                 served_model: str | None = None):
         self.cmd, self.port, self.host, self.health_path = list(cmd), port, host, health_path
         self.env = env
         self.name = name
         self.cwd = cwd
         self.startup_timeout_s = startup_timeout_s
+        self.served_model = served_model        # if set, /v1/models must list it before we call the server ours
         self.log_path = Path(log_path) if log_path else log_dir() / f"{name}-{port}.log"
         self.proc: subprocess.Popen | None = None
         self.pgid: int | None = None
@@ -198,8 +200,19 @@ class ServerProcess:
             time.sleep(poll_s)
 
     def is_ours(self) -> str | None:
-        """None when the healthy endpoint is the server we started; else why not. Engines override this."""
-        return None
+        """None when the healthy endpoint is the server we started; else why not.
+
+        Our process is alive (checked by the caller) and, when `served_model` is set, the OpenAI route
+        /v1/models lists exactly that model (another server on the port would list its own)."""
+        if self.served_model is None:
+            return None
+        import httpx
+        try:
+            data = httpx.get(self.url("/v1/models"), timeout=5.0, trust_env=False).json().get("data", [])
+        except (httpx.HTTPError, ValueError) as e:
+            return f"/v1/models did not answer with JSON ({e})"
+        ids = [m.get("id") for m in data if isinstance(m, dict)]
+        return None if self.served_model in ids else f"/v1/models lists {ids}, not {self.served_model!r}"
 
     def _remember_descendants(self) -> None:
         if not self.proc:

@@ -15,21 +15,30 @@ from .process import ServerProcess, free_port
 _CLI_ENTRY_POINT = ["-m", "vllm.entrypoints.cli.main", "serve"]     # what the `vllm serve` console script runs
 
 
-def vllm_entry_point() -> list[str]:
-    """`-m vllm.entrypoints.openai.api_server` when that module still runs as a script (0.26 .. 0.32 at least),
-    else `-m vllm.entrypoints.cli.main serve` (what the `vllm serve` console script calls). Decided by reading the
-    module's source, so that building a command does not import vLLM."""
+# Server modules that run as a script, newest first. vLLM 0.32 moved the server to `launchers` and made the old
+# `openai.api_server` print a deprecation warning at start; 0.26 has only the old one.
+_SCRIPT_MODULES = ("vllm.entrypoints.launchers.api_server.entry", "vllm.entrypoints.openai.api_server")
+
+
+def _runs_as_script(module: str) -> bool:
     import importlib.util
     try:
-        spec = importlib.util.find_spec("vllm.entrypoints.openai.api_server")
+        spec = importlib.util.find_spec(module)
     except ModuleNotFoundError:
-        spec = None
-    if spec and spec.origin:
-        try:
-            if '__name__ == "__main__"' in Path(spec.origin).read_text():
-                return ["-m", "vllm.entrypoints.openai.api_server"]
-        except OSError:
-            pass
+        return False
+    try:
+        return bool(spec and spec.origin) and '__name__ == "__main__"' in Path(spec.origin).read_text()
+    except OSError:
+        return False
+
+
+def vllm_entry_point() -> list[str]:
+    """`-m <the newest server module that runs as a script>`, else `-m vllm.entrypoints.cli.main serve` (what the
+    `vllm serve` console script calls). Decided by reading the modules' source, so building a command does not
+    import vLLM."""
+    for module in _SCRIPT_MODULES:
+        if _runs_as_script(module):
+            return ["-m", module]
     return list(_CLI_ENTRY_POINT)
 
 
@@ -96,7 +105,8 @@ class VLLMServer(ServerProcess):
         env["VLLM_LOGGING_LEVEL"] = "INFO"       # the log file is for reading (a notebook may quiet its own vLLM)
         env.update({k: str(v) for k, v in (env_overrides or {}).items()})
         super().__init__(vllm_command(model, port, served_model_name=served_model_name, **engine_args), port,
-                         env=env, log_path=log_path, startup_timeout_s=startup_timeout_s, name="vllm")
+                         env=env, log_path=log_path, startup_timeout_s=startup_timeout_s, name="vllm",
+                         served_model=self.model_name)
 
     def kv_cache_tokens(self) -> int | None:
         """KV-cache capacity in tokens, from /metrics (cache_config_info) or, failing that, the log."""

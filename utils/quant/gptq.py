@@ -1,0 +1,100 @@
+"""GPTQ (Frantar et al., ICLR 2023, arXiv:2210.17323): quantize a layer's weights one input column at a time and
+push each column's rounding error onto the columns not yet quantized, weighted by the inverse Hessian of the
+layer's squared output error.
+
+For a Linear y = W x and calibration inputs X (tokens x in), minimising ||W X^T - Q X^T||^2 row by row has the
+Hessian H = 2 X^T X / n (in x in), the same for every output row. After column j is rounded to q_j, the
+optimal update of the remaining columns is  W[:, j+1:] -= (w_j - q_j) / [H^-1]_jj * [H^-1]_{j, j+1:}.
+Tricks from the paper, all here: the Cholesky factor of H^-1 gives those rows directly (numerically stable);
+updates inside a block of 128 columns are applied eagerly and to the rest of the matrix once per block
+("lazy batch", the same arithmetic with fewer memory passes); `act_order` quantizes columns with the largest
+Hessian diagonal (the most active inputs) first; groups take their scale from the *updated* weights when the
+group's first column is reached.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .calib import LINEAR_NAMES, capture_linear_inputs, first_layer_inputs, run_layer
+from .rtn import QuantSpec, check_group_size, quant_params
+
+
+def hessian(x: torch.Tensor) -> torch.Tensor:
+    """H = 2 X^T X / n for inputs x (tokens x in_features), in float64 for a stable Cholesky."""
+    x = x.reshape(-1, x.shape[-1]).double()
+    return 2.0 * x.T @ x / x.shape[0]
+
+
+@dataclass
+class GPTQResult:
+    weight: torch.Tensor     # dequantized weight (out x in), what the kernel effectively uses
+    q: torch.Tensor          # integer codes (out x in), int8, in the ORIGINAL column order
+    scale: torch.Tensor      # (out x n_groups)
+    zero: torch.Tensor       # (out x n_groups)
+    g_idx: torch.Tensor      # group of each input column (in,), int32: i // group_size unless act_order
+
+
+@torch.no_grad()
+def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, blocksize: int = 128,
+                         percdamp: float = 0.01, act_order: bool = False) -> GPTQResult:
+    rows, cols = w.shape
+    g = check_group_size(cols, spec.group_size)
+    blocksize = max(blocksize // g, 1) * g if g < cols else blocksize   # groups never straddle a block
+    W, H = w.detach().double().clone(), h.double().clone()
+    dead = torch.diag(H) == 0                       # inputs never active: their columns cannot matter
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
+    W, H = W[:, perm], H[perm][:, perm]
+    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)   # dampening
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+    Q = torch.zeros_like(W)
+    q_codes = torch.zeros_like(W)
+    n_groups = cols // g
+    scales, zeros = torch.zeros(rows, n_groups, dtype=W.dtype), torch.zeros(rows, n_groups, dtype=W.dtype)
+    scale = zero = None
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if col % g == 0:                         # new group: scale from the already-updated weights
+                scale, zero = quant_params(W1[:, i:i + g].unsqueeze(1), spec)
+                scale, zero = scale[:, 0, 0], zero[:, 0, 0]
+                scales[:, col // g], zeros[:, col // g] = scale, zero
+            w_col = W1[:, i]
+            q = torch.clamp(torch.round(w_col / scale) + zero, spec.qmin, spec.qmax)
+            q_codes[:, col] = q
+            Q[:, col] = (q - zero) * scale
+            err = (w_col - Q[:, col]) / Hinv1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)     # eager update inside the block
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]                               # lazy update of the rest
+    inv = torch.argsort(perm)
+    g_idx = (torch.arange(cols) // g)[inv].to(torch.int32)    # original column -> group (position in perm)
+    return GPTQResult(Q[:, inv].to(w.dtype), q_codes[:, inv].to(torch.int8), scales.float(), zeros.float(), g_idx)
+
+
+@torch.no_grad()
+def gptq_quantize_model(model, calib_ids: torch.Tensor, spec: QuantSpec, *, act_order: bool = False,
+                        percdamp: float = 0.01, progress=None) -> dict[str, GPTQResult]:
+    """Quantize every decoder Linear in place, block by block: block i is calibrated on the outputs of the
+    already-quantized blocks 0..i-1 (errors do not compound unseen). Returns the codes per Linear name."""
+    h, kw = first_layer_inputs(model, calib_ids)
+    results = {}
+    layers = model.model.layers
+    for li, layer in enumerate(progress(layers) if progress else layers):
+        inputs = capture_linear_inputs(layer, h, kw, list(LINEAR_NAMES))
+        for name in LINEAR_NAMES:
+            lin = layer.get_submodule(name)
+            res = gptq_quantize_weight(lin.weight.data, hessian(inputs[name]), spec, act_order=act_order,
+                                       percdamp=percdamp)
+            lin.weight.copy_(res.weight)
+            results[f"model.layers.{li}.{name}"] = res
+        del inputs
+        h = run_layer(layer, h, kw)                 # the next block sees the quantized block's output
+    return results
