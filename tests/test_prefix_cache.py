@@ -140,3 +140,13 @@ def test_run_exercise_falls_back_to_reference(capsys):
         raise NotImplementedError
     assert sol.run_exercise(sol.check_ex1, todo, sol.ex1_hit_tokens) is False
     assert "reference solution passes" in capsys.readouterr().out
+
+
+def test_uncached_first_reuses_partial_blocks_before_evicting():
+    # 5 blocks of 2 tokens; a and b = 1 full + 1 partial block each, then c needs 3 blocks. Tail-first only: the
+    # partial blocks sit behind a's cached block, so c evicts it; uncached_first: c takes the partial ones first.
+    a, b, c = [1, 2, 3], [4, 5, 6], [7, 8, 9, 10, 11]
+    old, new = PrefixCache(5, 2), PrefixCache(5, 2, uncached_first=True)
+    assert old.run_sequentially([a, b, c]) == new.run_sequentially([a, b, c]) == [0, 0, 0]
+    assert old.stats.evictions == 1 and new.stats.evictions == 0
+    assert old.run_sequentially([a]) == [0] and new.run_sequentially([a]) == [2]

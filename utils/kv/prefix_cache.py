@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from .block_manager import BlockAllocator, BlockTable, OutOfBlocksError
 
 __all__ = ["check_block_size", "check_prompt_fits", "hash_block", "block_hashes", "FreeQueue", "PrefixCache",
-           "PrefixCacheStats", "OutOfBlocksError", "vllm_hit_tokens"]
+           "PrefixCacheStats", "OutOfBlocksError", "vllm_hit_tokens", "vllm_prefix_counters", "vllm_cache_geometry",
+           "vllm_frees_uncached_first"]
 
 ROOT_HASH = hashlib.sha256(b"course-prefix-cache-root").digest()     # the parent of block 0 (vLLM: NONE_HASH)
 
@@ -98,6 +99,12 @@ class FreeQueue:
     def remove(self, block: int) -> None:
         del self._d[block]
 
+    def prepend_n(self, blocks) -> None:
+        """Put blocks at the head, in the given order (they are reused first)."""
+        for b in reversed(list(blocks)):
+            self._d[b] = None
+            self._d.move_to_end(b, last=False)
+
     def __contains__(self, block) -> bool:
         return block in self._d
 
@@ -138,11 +145,16 @@ class PrefixCache:
 
     `reserve_null_block=True` sets one block aside as vLLM's BlockPool does (its block 0, the "null block"),
     so that the same num_blocks gives the same eviction behaviour as a vLLM engine with that many blocks.
+    `uncached_first=True`: a freed block that holds no cached prefix (a request's last, partial block) goes to
+    the HEAD of the free queue, to be reused before any cached block is evicted (newer vLLM's BlockPool.free_blocks;
+    `vllm_frees_uncached_first()` tells which behaviour an installed vLLM has). False: every freed block goes
+    to the tail (nano-vllm, older vLLM).
     """
 
     def __init__(self, num_blocks: int, block_size: int, *, max_model_len: int | None = None,
-                 reserve_null_block: bool = False):
+                 reserve_null_block: bool = False, uncached_first: bool = False):
         check_block_size(block_size)
+        self.uncached_first = uncached_first
         self.allocator = BlockAllocator(num_blocks, block_size)
         self.allocator.free_ids = FreeQueue(range(num_blocks))    # LRU order + removal from the middle
         if reserve_null_block:
@@ -264,9 +276,14 @@ class PrefixCache:
         self._cache_full_blocks(s, len(s.tokens))
 
     def free(self, seq_id) -> None:
-        """The request is done: its blocks lose one user each, tail first (the tail is evicted first)."""
+        """The request is done: its blocks lose one user each, tail first (the tail is evicted first); with
+        uncached_first, blocks without a cached prefix go to the head of the free queue instead."""
+        to_head = []
         for b in reversed(self.seqs.pop(seq_id).table.blocks):
             self.allocator.release(b)
+            if self.uncached_first and self.allocator.ref_count[b] == 0 and b not in self.block_hash:
+                to_head.append(b)
+        self.allocator.free_ids.prepend_n(to_head)
 
     def run_sequentially(self, requests, keep_generated: bool = False) -> list[int]:
         """Each request (a list of prompt ids, or a (prompt ids, generated ids) pair) is admitted, run and freed
@@ -303,3 +320,11 @@ def vllm_cache_geometry(llm) -> tuple[int, int]:
     """(block size, number of KV blocks) that this engine really uses -- read, never assumed."""
     cc = llm.llm_engine.vllm_config.cache_config
     return int(cc.block_size), int(cc.num_gpu_blocks)
+
+
+def vllm_frees_uncached_first() -> bool:
+    """Whether the installed vLLM puts freed blocks WITHOUT a cached hash at the head of its free queue (read from
+    its source: BlockPool.free_blocks calls prepend_n), which changes which cached blocks get evicted."""
+    import inspect
+    from vllm.v1.core.block_pool import BlockPool
+    return "prepend_n" in inspect.getsource(BlockPool.free_blocks)
