@@ -89,3 +89,13 @@ def test_block_table_tensor_pads():
     m.allocate(1, 1)
     t = m.block_table_tensor([0, 1])
     assert t.shape == (2, 3) and t[1].tolist() == [3, 0, 0]
+
+
+def test_allocate_is_all_or_nothing():
+    # A prompt that needs more blocks than are free must take none of them (no leak on failure).
+    m = BlockManager(num_blocks=4, block_size=4)
+    with pytest.raises(OutOfBlocksError):
+        m.allocate(0, 17)                             # 5 blocks
+    assert m.allocator.num_free == 4 and 0 not in m.tables
+    m.allocate(1, 16)                                 # all 4 blocks still usable
+    assert m.allocator.num_free == 0

@@ -8,9 +8,8 @@ from utils.measure import forward_phases
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.set_num_threads(1)
-    return models.load_model(device="cpu")
+def model(course_model):
+    return course_model
 
 
 def test_random_ids_are_reproducible_and_in_vocab(model):

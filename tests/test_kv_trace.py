@@ -53,3 +53,29 @@ def test_bad_inputs_are_reported():
         replay([Request(0, 1, 1)], "contiguous-magic", capacity=4096)
     with pytest.raises(ValueError, match="max_model_len"):
         replay([Request(0, 1, 1)], "contiguous-max", capacity=100)
+
+
+def test_paged_admission_keeps_the_watermark_free():
+    # 100 blocks of 4 slots, watermark 10%: after A takes 50 blocks, B (needs 45) must wait for A to finish,
+    # since admitting it would leave fewer than 10 blocks for running requests to grow into.
+    trace = [Request(arrival=0, prompt_len=199, output_len=1), Request(arrival=0, prompt_len=179, output_len=1)]
+    r = replay(trace, "paged", capacity=400, block_size=4, max_model_len=400, watermark=0.10)
+    assert max(r.running) == 1 and r.preemptions == 0
+    r = replay(trace, "paged", capacity=400, block_size=4, max_model_len=400, watermark=0.0)
+    assert max(r.running) == 2                        # without the watermark both fit at once
+
+
+def test_out_of_blocks_preempts_the_newest_request():
+    # A (arrives first) and B both grow until the pool of 4 blocks is full: vLLM preempts the newest (B).
+    trace = [Request(arrival=0, prompt_len=4, output_len=12, id=0), Request(arrival=1, prompt_len=4, output_len=12, id=1)]
+    r = replay(trace, "paged", capacity=16, block_size=4, max_model_len=16, watermark=0.0)
+    assert r.preemptions >= 1 and r.preempted_ids[0] == 1
+
+
+def test_first_fit_takes_a_hole_of_exactly_the_right_size():
+    from utils.kv.trace import _FirstFit
+    space = _FirstFit(30)
+    assert space.alloc(0, 10) and space.alloc(1, 10) and space.alloc(2, 10)
+    space.free(1)                                     # a hole [10, 20) of exactly 10 slots
+    assert space.alloc(3, 10) and space.regions[3] == (10, 10)
+    assert not space.alloc(4, 1)                      # and now nothing is left

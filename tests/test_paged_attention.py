@@ -41,14 +41,10 @@ def test_copy_block_copies_every_layer():
     assert torch.equal(cache.k[:, 3], cache.k[:, 1]) and cache.k[:, 3].abs().sum() > 0
 
 
-def test_paged_and_contiguous_engines_match_transformers():
+def test_paged_and_contiguous_engines_match_transformers(course_model, course_tokenizer):
     """End to end on the course model: same greedy tokens and logits close to transformers' own loop."""
-    from utils.models import ModelUnavailableError, load_model, load_tokenizer
     from utils.kv.decode_engines import ContiguousEngine, PagedEngine, greedy_generate, hf_greedy_reference
-    try:
-        model, tok = load_model(device="cpu", dtype=torch.float32), load_tokenizer()
-    except ModelUnavailableError as e:
-        pytest.skip(f"course model not available: {e}")
+    model, tok = course_model, course_tokenizer
     prompts = [tok(p)["input_ids"] for p in ("The capital of France is", "def add(a, b):\n   ", "Hi")]
     new = 4
     refs = [hf_greedy_reference(model, p, new) for p in prompts]
@@ -60,14 +56,10 @@ def test_paged_and_contiguous_engines_match_transformers():
     assert engine.rows == {}, "greedy_generate must free its sequences"
 
 
-def test_forked_samples_equal_independent_samples_with_fewer_blocks():
+def test_forked_samples_equal_independent_samples_with_fewer_blocks(course_model):
     """Copy-on-write sharing changes memory, not results."""
-    from utils.models import ModelUnavailableError, load_model
     from utils.kv.decode_engines import PagedEngine, parallel_sample
-    try:
-        model = load_model(device="cpu", dtype=torch.float32)
-    except ModelUnavailableError as e:
-        pytest.skip(f"course model not available: {e}")
+    model = course_model
     prompt = list(range(100, 130))                      # 30 tokens: 7 full blocks of 4 + a half-full one
     shared = PagedEngine(model, num_blocks=64, block_size=4)
     tokens_shared, peak_shared = parallel_sample(shared, prompt, n=3, steps=4, share=True)
@@ -79,3 +71,20 @@ def test_forked_samples_equal_independent_samples_with_fewer_blocks():
     assert peak_shared == 8 + 2 + 3, "8 shared prompt blocks + 2 copies + 3 new blocks"
     assert peak_sep == 3 * (8 + 1)
     assert shared.manager.num_used_blocks == 0
+
+
+def test_random_paged_kv_is_a_shuffled_copy_of_the_contiguous_kv():
+    from utils.kv.paged_attention import masked_decode_attention, random_paged_kv
+    q, k, v, kc, vc, tables, lens = random_paged_kv(3, 37, 8, heads=6, kv_heads=2, head_dim=16)
+    assert tables.shape == (3, 5) and sorted(tables.flatten().tolist()) == list(range(15))
+    torch.testing.assert_close(kc[tables[1, 2]], k[1, 16:24])            # logical block 2 of sequence 1
+    torch.testing.assert_close(paged_decode_attention(q, kc, vc, tables, lens), masked_decode_attention(q, k, v, lens))
+
+
+def test_decode_step_times_times_every_engine_and_frees_them(course_model):
+    from utils.kv.decode_engines import ContiguousEngine, PagedEngine, decode_step_times
+    engines = {"paged": PagedEngine(course_model, num_blocks=16, block_size=4),
+               "contiguous": ContiguousEngine(course_model, 2, 32)}
+    t = decode_step_times(engines, [[100, 101, 102], [200, 201]], steps=3, warmup=1)
+    assert set(t) == {"paged", "contiguous"} and all(len(x.samples) == 3 and x.min > 0 for x in t.values())
+    assert engines["paged"].manager.tables == {} and engines["contiguous"].rows == {}

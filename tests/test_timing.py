@@ -35,11 +35,39 @@ def test_generation_timing_definitions():
     assert g.tokens_per_s == pytest.approx(2 * 5 / 0.9)
 
 
-def test_time_generate_produces_exactly_n_tokens_on_the_course_model():
-    from utils import models
-    model = models.load_model(device="cpu")
+def test_time_generate_produces_exactly_n_tokens_on_the_course_model(course_model):
+    model = course_model
     ids = torch.tensor([[1, 2, 3, 4]])
     g = timing.time_generate(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 6)
     assert g.new_tokens == 6
     assert 0 < g.ttft_s <= g.total_s
     assert all(b >= a for a, b in zip(g.token_times_s, g.token_times_s[1:]))
+
+
+def test_a_rate_needs_two_tokens():
+    one = timing.GenerationTiming(ttft_s=0.1, token_times_s=[0.1])
+    with pytest.raises(ValueError, match="at least 2 new tokens"):
+        one.decode_tokens_per_s
+
+
+@pytest.mark.slow
+def test_time_generate_times_every_token_even_when_the_model_wants_to_stop():
+    # An instruct model fed random ids answers with its end-of-sequence token at once; the timing must still
+    # decode exactly the tokens asked for (this is what broke 00 with a second model).
+    from utils import models
+    model = models.load_model("qwen2.5-coder-0.5b", device="cpu")
+    eos = model.generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
+    ids = torch.randint(100, 20000, (2, 16), generator=torch.Generator().manual_seed(0))
+    g = timing.time_generate(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 5)
+    assert g.new_tokens == 5 and g.batch_size == 2 and g.decode_tokens_per_s > 0
+    # and the guard itself: a generate that stops after one token is refused, not timed
+    model.generation_config.eos_token_id = eos
+    import types
+    real = model.generate
+    model.generate = types.MethodType(lambda self, **kw: real(**{**kw, "max_new_tokens": 1}), model)
+    try:
+        with pytest.raises(RuntimeError, match="not the 5 asked for"):
+            timing.time_generate(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 5)
+    finally:
+        del model.generate

@@ -40,3 +40,15 @@ def test_env_variable_does_not_override_explicit_bytes(monkeypatch):
 def test_shutdown_tolerates_none_and_objects_without_engines():
     ve.shutdown(None)
     ve.shutdown(object())
+
+
+def test_missing_or_wrong_vllm_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(ve, "vllm_version", lambda: None)
+    monkeypatch.setattr(ve, "_dist_installed", lambda name: False)
+    with pytest.raises(ImportError, match=r"bash \.ci/install\.sh"):
+        ve.require_vllm()
+    # the CUDA build on a machine without a GPU (what `pip install vllm` gives a laptop)
+    monkeypatch.setattr(ve, "_dist_installed", lambda name: name == "vllm")
+    monkeypatch.setattr(ve, "on_gpu", lambda: False)
+    with pytest.raises(ImportError, match="CUDA build of vLLM .* without an NVIDIA GPU"):
+        ve.require_vllm()

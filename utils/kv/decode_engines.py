@@ -243,3 +243,26 @@ def parallel_sample(engine: PagedEngine, prompt: list[int], n: int, steps: int, 
     for i in ids:
         engine.free(i)
     return tokens, peak
+
+
+def decode_step_times(engines: dict, prompts: list[list[int]], steps: int, *, warmup: int = 2, device: str = "cpu"):
+    """Prefill the same prompts into every engine, then time batched greedy decode steps, alternating engines
+    step by step (so a slow moment of the machine hits both alike). Returns {name: Timing} of one step."""
+    import time
+    from ..measure.timing import Timing, synchronize
+    ids = list(range(len(prompts)))
+    last = {name: [int(eng.prefill(i, p).argmax()) for i, p in zip(ids, prompts)] for name, eng in engines.items()}
+    samples = {name: [] for name in engines}
+    for step in range(warmup + steps):
+        for name, eng in engines.items():
+            synchronize(device)
+            t0 = time.perf_counter()
+            logits = eng.decode(ids, last[name])
+            synchronize(device)
+            if step >= warmup:
+                samples[name].append(time.perf_counter() - t0)
+            last[name] = logits.argmax(-1).tolist()
+    for eng in engines.values():
+        for i in ids:
+            eng.free(i)
+    return {name: Timing(s) for name, s in samples.items()}

@@ -109,3 +109,25 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
         qi = torch.arange(q.shape[0])[:, None] + causal_offset
         scores = scores.masked_fill(torch.arange(k.shape[0])[None, :] > qi, float("-inf"))
     return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).to(q.dtype)
+
+
+def random_paged_kv(batch: int, context: int, block_size: int, heads: int, kv_heads: int, head_dim: int, *,
+                    dtype=torch.float32, device="cpu", seed: int = 0):
+    """Random K/V for `batch` sequences of `context` tokens, stored both contiguously and in shuffled blocks.
+
+    Returns (q [B, heads, D], k, v [B, context, kv_heads, D], k_cache, v_cache [blocks, block_size, kv_heads, D],
+    block_tables [B, blocks per sequence], lens [B]): the inputs of paged_decode_attention and of its contiguous
+    twin masked_decode_attention, which must agree. Physical blocks are a random permutation (a real cache is
+    scattered)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    k = torch.randn(batch, context, kv_heads, head_dim, generator=g).to(device, dtype)
+    v = torch.randn(batch, context, kv_heads, head_dim, generator=g).to(device, dtype)
+    q = torch.randn(batch, heads, head_dim, generator=g).to(device, dtype)
+    per_seq = -(-context // block_size)
+    pad = per_seq * block_size - context
+    kb = F.pad(k, (0, 0, 0, 0, 0, pad)).reshape(batch * per_seq, block_size, kv_heads, head_dim)
+    vb = F.pad(v, (0, 0, 0, 0, 0, pad)).reshape(batch * per_seq, block_size, kv_heads, head_dim)
+    perm = torch.randperm(batch * per_seq, generator=g).to(device)     # physical block of logical block i
+    k_cache, v_cache = torch.empty_like(kb), torch.empty_like(vb)
+    k_cache[perm], v_cache[perm] = kb, vb
+    return q, k, v, k_cache, v_cache, perm.view(batch, per_seq), torch.full((batch,), context, device=device)

@@ -105,6 +105,7 @@ class ReplayResult:
     queued: list[int] = field(default_factory=list)        # requests arrived but not admitted
     tokens_out: int = 0
     preemptions: int = 0
+    preempted_ids: list[int] = field(default_factory=list)  # victims in order (trace indices)
 
     @property
     def waste_pct(self) -> float:
@@ -205,6 +206,7 @@ def replay(trace: list[Request], policy: str, capacity: int, *, block_size: int 
                     restart[victim] = v[0] - trace[victim].prompt_len
                     waiting.insert(0, victim)
                     res.preemptions += 1
+                    res.preempted_ids.append(victim)
                     if victim == rid:
                         continue
                 free_blocks -= 1

@@ -6,8 +6,6 @@ Both are timed with `utils.measure.timing.benchmark` (synchronised, warmed up, r
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .memory import dtype_bytes, kv_cache_bytes_for
 from .roofline import ForwardCost, attention_flops_per_token_per_ctx, forward_cost
 from .timing import Timing, benchmark
@@ -49,21 +47,6 @@ def time_decode_step(model, batch: int, context: int, repeat: int = 10, warmup: 
             cache.crop(-1)        # drop the token just appended: every repetition sees `context` tokens
 
         return benchmark(step, warmup=warmup, repeat=repeat, device=str(model.device), max_seconds=max_seconds)
-
-
-@dataclass
-class PhaseCost:
-    """FLOP/bytes of a phase for a given model, plus the achieved rates once a time is known."""
-    cost: ForwardCost
-    seconds: float | None = None
-
-    @property
-    def achieved_flops(self) -> float:
-        return self.cost.flops / self.seconds
-
-    @property
-    def achieved_bandwidth(self) -> float:
-        return self.cost.bytes / self.seconds
 
 
 def phase_cost(config, n_params: int, dtype, batch: int, new_tokens: int, context: int) -> ForwardCost:

@@ -114,7 +114,10 @@ class GenerationTiming:
 
     @property
     def decode_tokens_per_s(self) -> float:
-        """Output tokens per second across the batch while decoding (prefill excluded)."""
+        """Output tokens per second across the batch while decoding (prefill excluded). Needs >= 2 tokens: one
+        token is only a TTFT, and a rate from it would be made up."""
+        if self.new_tokens < 2:
+            raise ValueError(f"a decode rate needs at least 2 new tokens; this run produced {self.new_tokens}")
         return self.batch_size / self.tpot_s
 
     @property
@@ -152,13 +155,16 @@ class _TimingStreamer:
 def time_generate(model, inputs: dict, max_new_tokens: int, **generate_kwargs) -> GenerationTiming:
     """Run `model.generate(**inputs)` producing exactly `max_new_tokens` tokens and time every step.
 
-    EOS is disabled (so every run decodes the same number of tokens) by giving generate no eos id; the
-    min_new_tokens route is avoided because it makes the static-cache path very slow (see 00).
+    EOS is disabled (so every run decodes the same number of tokens, also for an instruct model that would answer
+    a random prompt with its end-of-sequence token at once) by giving generate no eos id or stop strings; the
+    min_new_tokens route is avoided because it made static-cache decoding ~150x slower on the GPU. Raises if fewer
+    tokens came out than asked for.
     """
     import copy
     device = str(model.device)
     gen_cfg = copy.deepcopy(model.generation_config)
     gen_cfg.eos_token_id = None
+    gen_cfg.stop_strings = None
     gen_cfg.max_new_tokens = max_new_tokens
     gen_cfg.do_sample = generate_kwargs.pop("do_sample", False)
     if gen_cfg.pad_token_id is None:
@@ -171,9 +177,12 @@ def time_generate(model, inputs: dict, max_new_tokens: int, **generate_kwargs) -
     streamer = _TimingStreamer(device)
     synchronize(device)
     streamer.t0 = time.perf_counter()
-    model.generate(**inputs, generation_config=gen_cfg, streamer=streamer, **generate_kwargs)
+    out = model.generate(**inputs, generation_config=gen_cfg, streamer=streamer, **generate_kwargs)
     synchronize(device)
-    if not streamer.times:
-        raise RuntimeError("generate produced no tokens")
+    produced = out.shape[-1] - inputs["input_ids"].shape[-1]
+    if produced != max_new_tokens or len(streamer.times) != max_new_tokens:
+        raise RuntimeError(f"generate produced {produced} tokens ({len(streamer.times)} steps timed), not the "
+                           f"{max_new_tokens} asked for: something stopped it early (an end-of-sequence id or a "
+                           f"stop string in the model's generation config?)")
     return GenerationTiming(ttft_s=streamer.times[0], token_times_s=streamer.times,
                             batch_size=int(inputs["input_ids"].shape[0]))

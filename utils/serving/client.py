@@ -301,7 +301,7 @@ async def run_benchmark_async(base_url: str, model: str, requests: list, *, conc
         sem = asyncio.Semaphore(concurrency) if concurrency else None
         bar = None
         if progress:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
             bar = tqdm(total=len(requests), desc=f"c={concurrency} rate={request_rate:g}", leave=False)
         t0 = time.perf_counter()
 

