@@ -47,26 +47,26 @@ class RequestResult:
     prompt_len: int = 0                 # usage.prompt_tokens when reported, else the workload's count
     output_len_requested: int = 0
     output_tokens: int = 0              # usage.completion_tokens (see count fallback in _finish)
-    sent_at: float = 0.0                # when the request went out
+    sent_at_s: float = 0.0              # when the request went out
     queued_s: float = 0.0               # time it waited for a client concurrency slot before being sent
-    ttft: float = 0.0
-    latency: float = 0.0                # E2EL
-    itl: list[float] = field(default_factory=list, repr=False)
-    chunk_at: list[float] = field(default_factory=list, repr=False)   # arrival offsets of choice chunks
+    ttft_s: float = 0.0
+    latency_s: float = 0.0              # E2EL
+    itl_s: list[float] = field(default_factory=list, repr=False)
+    chunk_at_s: list[float] = field(default_factory=list, repr=False)   # arrival offsets of choice chunks
     text: str = field(default="", repr=False)
 
     @property
-    def tpot(self) -> float:
+    def tpot_s(self) -> float:
         """vLLM's TPOT: (latency - ttft) / (output_tokens - 1); NaN when output_tokens <= 1."""
-        return (self.latency - self.ttft) / (self.output_tokens - 1) if self.output_tokens > 1 else math.nan
+        return (self.latency_s - self.ttft_s) / (self.output_tokens - 1) if self.output_tokens > 1 else math.nan
 
     @property
-    def first_token_at(self) -> float:
-        return self.sent_at + self.ttft
+    def first_token_at_s(self) -> float:
+        return self.sent_at_s + self.ttft_s
 
     @property
-    def finished_at(self) -> float:
-        return self.sent_at + self.latency
+    def finished_at_s(self) -> float:
+        return self.sent_at_s + self.latency_s
 
 
 def build_payload(request, model: str, api: str, ignore_eos: bool = True, extra_body: dict | None = None,
@@ -127,7 +127,7 @@ async def stream_request(session, base_url: str, model: str, request, *, api: st
     path, body = build_payload(request, model, api, ignore_eos, extra_body)
     res = RequestResult(id=request.id, prompt_len=request.prompt_len, output_len_requested=request.output_len)
     st = time.perf_counter()
-    res.sent_at = st - (run_t0 if run_t0 is not None else st)
+    res.sent_at_s = st - (run_t0 if run_t0 is not None else st)
     last = st
     first = False
     text: list[str] = []
@@ -147,10 +147,10 @@ async def stream_request(session, base_url: str, model: str, request, *, api: st
                     piece = c.get("text") if api == "completions" else (c.get("delta") or {}).get("content")
                     if not first:
                         first = True
-                        res.ttft = now - st
+                        res.ttft_s = now - st
                     else:
-                        res.itl.append(now - last)
-                    res.chunk_at.append(now - st)
+                        res.itl_s.append(now - last)
+                    res.chunk_at_s.append(now - st)
                     last = now
                     text.append(piece or "")
                 elif usage := data.get("usage"):
@@ -158,12 +158,12 @@ async def stream_request(session, base_url: str, model: str, request, *, api: st
                     if usage.get("prompt_tokens") is not None:
                         res.prompt_len = usage["prompt_tokens"]
         res.text = "".join(text)
-        res.latency = last - st
+        res.latency_s = last - st
         if first:
             res.success = True
             if not res.output_tokens:   # server sent no usage: count tokens like vLLM does (or chunks)
                 res.output_tokens = (len(tokenizer.encode(res.text, add_special_tokens=False)) if tokenizer
-                                     else len(res.chunk_at))
+                                     else len(res.chunk_at_s))
         else:
             res.error = "Never received a valid chunk to calculate TTFT."
     except Exception as e:   # noqa: BLE001 -- a failed request is a result, not a crash of the run
@@ -214,9 +214,9 @@ class BenchmarkResult:
         import pandas as pd
         rows = [{"id": r.id, "success": r.success, "prompt_len": r.prompt_len,
                  "output_len_requested": r.output_len_requested, "output_tokens": r.output_tokens,
-                 "sent_at_s": r.sent_at, "first_token_at_s": r.first_token_at, "finished_at_s": r.finished_at,
-                 "queued_ms": r.queued_s * 1e3, "ttft_ms": r.ttft * 1e3, "tpot_ms": r.tpot * 1e3,
-                 "e2el_ms": r.latency * 1e3, "chunks": len(r.chunk_at), "error": r.error}
+                 "sent_at_s": r.sent_at_s, "first_token_at_s": r.first_token_at_s, "finished_at_s": r.finished_at_s,
+                 "queued_ms": r.queued_s * 1e3, "ttft_ms": r.ttft_s * 1e3, "tpot_ms": r.tpot_s * 1e3,
+                 "e2el_ms": r.latency_s * 1e3, "chunks": len(r.chunk_at_s), "error": r.error}
                 for r in self.results]
         return pd.DataFrame(rows)
 
@@ -234,10 +234,10 @@ def compute_metrics(results: list[RequestResult], duration_s: float, slo_ms: dic
     """
     import numpy as np
     ok = [r for r in results if r.success]
-    ttfts = [r.ttft for r in ok]
-    e2els = [r.latency for r in ok]
-    tpots = [r.tpot for r in ok if r.output_tokens > 1]
-    itls = [x for r in ok for x in r.itl]
+    ttfts = [r.ttft_s for r in ok]
+    e2els = [r.latency_s for r in ok]
+    tpots = [r.tpot_s for r in ok if r.output_tokens > 1]
+    itls = [x for r in ok for x in r.itl_s]
     total_in = sum(r.prompt_len for r in ok)
     total_out = sum(r.output_tokens for r in ok)
     m = {"completed": len(ok), "failed": len(results) - len(ok), "duration_s": duration_s,
@@ -251,7 +251,7 @@ def compute_metrics(results: list[RequestResult], duration_s: float, slo_ms: dic
             raise ValueError(f"unknown SLO keys {sorted(unknown)}: use ttft, tpot, e2el (milliseconds)")
         good = 0
         for r in ok:
-            vals = {"ttft": r.ttft, "tpot": r.tpot if r.output_tokens > 1 else 0.0, "e2el": r.latency}
+            vals = {"ttft": r.ttft_s, "tpot": r.tpot_s if r.output_tokens > 1 else 0.0, "e2el": r.latency_s}
             good += all(vals[k] <= v / 1e3 for k, v in slo_ms.items())
         m["good_requests"] = good
         m["request_goodput"] = good / duration_s if duration_s > 0 else math.nan
@@ -311,7 +311,7 @@ async def run_benchmark_async(base_url: str, model: str, requests: list, *, conc
             finally:
                 if sem is not None:
                     sem.release()
-            r.queued_s = max(0.0, r.sent_at - arrival)    # waited for a slot (vLLM: client_queue_time)
+            r.queued_s = max(0.0, r.sent_at_s - arrival)    # waited for a slot (vLLM: client_queue_time)
             if bar is not None:
                 bar.update(1)
             return r

@@ -48,9 +48,9 @@ def little_check(res) -> dict:
     stream chunks that carried more than one token (merged chunks make ITL look smaller than TPOT)."""
     m = res.metrics
     ok = [r for r in res.results if r.success]
-    mean_latency_s = sum(r.latency for r in ok) / len(ok) if ok else math.nan
+    mean_latency_s = sum(r.latency_s for r in ok) / len(ok) if ok else math.nan
     in_flight = m["request_throughput"] * mean_latency_s
-    chunks = sum(len(r.chunk_at) for r in ok)
+    chunks = sum(len(r.chunk_at_s) for r in ok)
     tokens = sum(r.output_tokens for r in ok)
     return {"littles_L": in_flight,
             "littles_L_over_c": in_flight / res.config["concurrency"] if res.config.get("concurrency") else math.nan,
