@@ -110,30 +110,10 @@ def test_healthy_means_serving_the_model_we_asked_for():
         assert ok.is_running()
 
 
-def test_server_dies_when_its_starter_exits_normally(tmp_path):
-    # The starter forgets to stop its server and exits: the reaper (not an atexit hook) stops the server.
-    script = tmp_path / "starter.py"
-    script.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
-        "from utils.serving import process as vs\n"
-        "port = vs.free_port()\n"
-        f"srv = vs.ServerProcess([sys.executable, {FAKE!r}, '--port', str(port), '--spawn-child'], port, name='fake')\n"
-        "srv.start()\n"
-        "srv._remember_descendants()\n"
-        "print(' '.join(map(str, sorted(srv.pids))), flush=True)\n")
+def _start_server_from_another_process(tmp_path, then: str):
+    """A starter process starts a fake server (with a child), prints the server's pids, then runs `then`
+    without ever calling stop(). Returns (the starter's Popen, the server's pids)."""
     import subprocess
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    pids = [int(p) for p in out.stdout.split()]
-    assert len(pids) >= 2
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(vs._pid_alive(p) for p in pids):
-        time.sleep(0.2)
-    assert not any(vs._pid_alive(p) for p in pids), "server outlived the process that started it"
-
-
-def test_server_dies_with_a_killed_parent(tmp_path):
-    # A notebook kernel SIGKILLed by Jupyter/nbclient runs no atexit hook: the reaper must stop its server.
     script = tmp_path / "starter.py"
     script.write_text(
         "import sys, time\n"
@@ -144,18 +124,34 @@ def test_server_dies_with_a_killed_parent(tmp_path):
         "srv.start()\n"
         "srv._remember_descendants()\n"
         "print(' '.join(map(str, sorted(srv.pids))), flush=True)\n"
-        "time.sleep(600)\n")
-    import subprocess
+        f"{then}\n")
     starter = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     pids = [int(p) for p in starter.stdout.readline().split()]
     assert len(pids) >= 2, "expected the fake server and its child"
-    assert all(psutil.pid_exists(p) for p in pids)
-    starter.kill()                      # no cleanup code runs in the starter
-    starter.wait()
-    deadline = time.monotonic() + 20
+    return starter, pids
+
+
+def _all_gone(pids, within_s=20.0) -> bool:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline and any(vs._pid_alive(p) for p in pids):
         time.sleep(0.2)
-    assert not any(vs._pid_alive(p) for p in pids), "server outlived the process that started it"
+    return not any(vs._pid_alive(p) for p in pids)
+
+
+def test_server_dies_when_its_starter_exits_normally(tmp_path):
+    # The starter forgets to stop its server and exits: the reaper (not an atexit hook) stops the server.
+    starter, pids = _start_server_from_another_process(tmp_path, then="pass")
+    starter.wait(timeout=60)
+    assert _all_gone(pids), "server outlived the process that started it"
+
+
+def test_server_dies_with_a_killed_parent(tmp_path):
+    # A notebook kernel SIGKILLed by Jupyter/nbclient runs no cleanup code at all: the reaper must stop its server.
+    starter, pids = _start_server_from_another_process(tmp_path, then="time.sleep(600)")
+    assert all(psutil.pid_exists(p) for p in pids)
+    starter.kill()
+    starter.wait()
+    assert _all_gone(pids), "server outlived the process that started it"
 
 
 def test_reaper_exits_after_a_normal_stop():
