@@ -30,7 +30,7 @@ def hessian(x: torch.Tensor) -> torch.Tensor:
 @dataclass
 class GPTQResult:
     weight: torch.Tensor     # dequantized weight (out x in), what the kernel effectively uses
-    q: torch.Tensor          # integer codes (out x in), int8, in the ORIGINAL column order
+    q: torch.Tensor          # integer codes (out x in), int16, in the ORIGINAL column order
     scale: torch.Tensor      # (out x n_groups)
     zero: torch.Tensor       # (out x n_groups)
     g_idx: torch.Tensor      # group of each input column (in,), int32: i // group_size unless act_order
@@ -76,7 +76,7 @@ def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, b
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]                               # lazy update of the rest
     inv = torch.argsort(perm)
     g_idx = (torch.arange(cols) // g)[inv].to(torch.int32)    # original column -> group (position in perm)
-    return GPTQResult(Q[:, inv].to(w.dtype), q_codes[:, inv].to(torch.int8), scales.float(), zeros.float(), g_idx)
+    return GPTQResult(Q[:, inv].to(w.dtype), q_codes[:, inv].to(torch.int16), scales.float(), zeros.float(), g_idx)
 
 
 @torch.no_grad()

@@ -74,11 +74,11 @@ def quant_params(wg: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch
 
 
 def quantize(w: torch.Tensor, spec: QuantSpec):
-    """Integer codes (int8 tensor, same shape as w), scales and zeros ((rows, groups) each)."""
+    """Integer codes (int16 tensor: 8-bit asymmetric codes reach 255; same shape as w), scales and zeros ((rows, groups) each)."""
     wg = _grouped(w.float(), spec)
     scale, zero = quant_params(wg, spec)
     q = torch.clamp(torch.round(wg / scale) + zero, spec.qmin, spec.qmax)
-    return q.to(torch.int8).reshape(w.shape), scale.squeeze(-1), zero.squeeze(-1)
+    return q.to(torch.int16).reshape(w.shape), scale.squeeze(-1), zero.squeeze(-1)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
