@@ -247,7 +247,8 @@ def set_token_budget(llm, token_budget: int, chunked: bool = True) -> dict:
 
 
 class ScheduleRecorder:
-    """Wraps the scheduler's schedule(): per step, the total tokens scheduled and, per request, how many."""
+    """Wraps the scheduler's schedule(): per step, the total tokens scheduled and, per request (by trace index
+    for requests named "r<index>" by replay_on_engine; vLLM may append a suffix to the id), how many."""
 
     def __init__(self, llm):
         self.sched = engine_scheduler(llm)
@@ -262,7 +263,7 @@ class ScheduleRecorder:
             out = orig(*a, **k)
             if out.total_num_scheduled_tokens:
                 self.steps.append({"t": time.perf_counter(), "tokens": int(out.total_num_scheduled_tokens),
-                                   "per_request": dict(out.num_scheduled_tokens)})
+                                   "per_request": {_trace_index(k): v for k, v in out.num_scheduled_tokens.items()}})
             return out
         self.sched.schedule = schedule
         return self
@@ -270,6 +271,11 @@ class ScheduleRecorder:
     def __exit__(self, *exc):
         self.sched.schedule = self._orig
         return False
+
+
+def _trace_index(request_id):
+    head = str(request_id).split("-")[0]
+    return int(head[1:]) if head.startswith("r") and head[1:].isdigit() else request_id
 
 
 def replay_on_engine(llm, trace, *, max_model_len: int | None = None, record_schedule: bool = True) -> dict:
@@ -302,7 +308,7 @@ def replay_on_engine(llm, trace, *, max_model_len: int | None = None, record_sch
             outs = engine.step()
             t = time.perf_counter() - t0
             for o in outs:
-                i = int(o.request_id.split("-")[0].lstrip("r"))
+                i = _trace_index(o.request_id)
                 n = len(o.outputs[0].token_ids)
                 times[i] += [t] * (n - n_seen.get(i, 0))
                 n_seen[i] = n
