@@ -50,6 +50,7 @@ def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, b
     W, H = W[:, perm], H[perm][:, perm]
     H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)   # dampening
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    W, Hinv = W.float(), Hinv.float()              # float64 for the factorisation, float32 for the sweep
 
     Q = torch.zeros_like(W)
     q_codes = torch.zeros_like(W)
