@@ -47,9 +47,9 @@ class SpecStats:
         self.accepted_per_pos = self.accepted_per_pos or [0] * self.gamma
         self.checked_per_pos = self.checked_per_pos or [0] * self.gamma
 
-    def record(self, k: int, n: int) -> None:
+    def record(self, k: int, n: int, kept: int | None = None) -> None:
         self.steps += 1
-        self.emitted += n + 1
+        self.emitted += n + 1 if kept is None else kept
         if k:
             self.drafts += 1
             self.draft_tokens += k
@@ -170,7 +170,7 @@ def speculative_generate(target, drafter, prompt_ids, gamma: int = 4, max_new_to
     cache = _prefill(target, prompt)
     tokens, new = list(prompt), []
     while len(new) < max_new_tokens:
-        k = min(gamma, max_new_tokens - len(new) - 1)        # never draft past the requested length
+        k = min(gamma, max_new_tokens - len(new))            # never draft past the requested length
         t0 = time.perf_counter()
         draft, q = drafter.propose(tokens, k, temperature, generator)
         draft = list(draft)[:k]
@@ -191,12 +191,12 @@ def speculative_generate(target, drafter, prompt_ids, gamma: int = 4, max_new_to
         if profile:
             _sync(dev)
             stats.verify_s += time.perf_counter() - t1
-        stats.record(len(draft), n)
-        out = draft[:n] + [t]
+        out = (draft[:n] + [t])[:max_new_tokens - len(new)]   # a truncated prefix of an exact sample stays exact
         for j, tok in enumerate(out):
             if tok in eos:
                 out = out[:j + 1]
                 break
+        stats.record(len(draft), n, kept=len(out))
         tokens += out
         new += out
         if eos and new[-1] in eos:
