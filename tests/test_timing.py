@@ -57,12 +57,12 @@ def test_time_generate_times_every_token_even_when_the_model_wants_to_stop():
     from utils import models
     model = models.load_model("qwen2.5-coder-0.5b", device="cpu")
     eos = model.generation_config.eos_token_id
-    eos = eos[0] if isinstance(eos, list) else eos
-    ids = torch.randint(100, 20000, (2, 16), generator=torch.Generator().manual_seed(0))
+    from utils.measure.forward_phases import random_ids
+    ids = random_ids(model, 1, 128)                  # what 00 times: this prompt makes Qwen answer EOS at once
     g = timing.time_generate(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 5)
-    assert g.new_tokens == 5 and g.batch_size == 2 and g.decode_tokens_per_s > 0
+    assert g.new_tokens == 5 and g.batch_size == 1 and g.decode_tokens_per_s > 0
+    assert model.generation_config.eos_token_id == eos      # the model's own default is restored
     # and the guard itself: a generate that stops after one token is refused, not timed
-    model.generation_config.eos_token_id = eos
     import types
     real = model.generate
     model.generate = types.MethodType(lambda self, **kw: real(**{**kw, "max_new_tokens": 1}), model)

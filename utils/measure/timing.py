@@ -175,10 +175,17 @@ def time_generate(model, inputs: dict, max_new_tokens: int, **generate_kwargs) -
         if hasattr(gen_cfg, key):
             setattr(gen_cfg, key, generate_kwargs.pop(key))
     streamer = _TimingStreamer(device)
-    synchronize(device)
-    streamer.t0 = time.perf_counter()
-    out = model.generate(**inputs, generation_config=gen_cfg, streamer=streamer, **generate_kwargs)
-    synchronize(device)
+    # transformers 5 fills every field left None in `gen_cfg` from model.generation_config, eos included: the
+    # model's own default must be unset for the duration of the call, or EOS stops the timing run after 1 token.
+    saved_eos = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = None
+    try:
+        synchronize(device)
+        streamer.t0 = time.perf_counter()
+        out = model.generate(**inputs, generation_config=gen_cfg, streamer=streamer, **generate_kwargs)
+        synchronize(device)
+    finally:
+        model.generation_config.eos_token_id = saved_eos
     produced = out.shape[-1] - inputs["input_ids"].shape[-1]
     if produced != max_new_tokens or len(streamer.times) != max_new_tokens:
         raise RuntimeError(f"generate produced {produced} tokens ({len(streamer.times)} steps timed), not the "
