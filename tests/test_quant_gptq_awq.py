@@ -115,3 +115,20 @@ def test_exercise_checkers_reject_wrong_answers():
         exercises.check_bits_per_weight(lambda b, g, s, z: float(b))
     with pytest.raises(AssertionError):
         exercises.check_allocation(lambda e, s, a: {n: int(a) for n in e})   # uniform: not better than uniform
+
+
+def test_gptq_stacking_linears_that_share_an_input_changes_nothing():
+    """gptq_quantize_model runs q/k/v (and gate/up) as one stacked matrix: rows are independent in GPTQ, so the
+    result must equal one run per Linear with the same Hessian."""
+    torch.manual_seed(4)
+    x = correlated_inputs(512, 128)
+    ws = [torch.randn(r, 128) * 0.05 for r in (64, 32, 32)]
+    spec = QuantSpec(4, 64, True)
+    h = hessian(x)
+    stacked = gptq_quantize_weight(torch.cat(ws), h, spec)
+    r0 = 0
+    for w in ws:
+        one = gptq_quantize_weight(w, h, spec)
+        assert torch.allclose(stacked.weight[r0:r0 + len(w)], one.weight, atol=1e-6)
+        assert torch.equal(stacked.q[r0:r0 + len(w)], one.q)
+        r0 += len(w)

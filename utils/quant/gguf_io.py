@@ -8,7 +8,7 @@ GGUF block formats quantize each row in blocks along the input dimension:
 gguf-py quantizes Q8_0 and Q4_0 itself but (0.19) only *de*quantizes Q4_K, so `q4_k_quantize_blocks` below
 writes the Q4_K bytes (a simple min/max fit, not llama.cpp's iterative search), and reading the file back with
 gguf's own dequantizer checks the layout. Like llama-quantize, a tensor whose rows are not a multiple of 256
-(SmolLM2's hidden size is 576) cannot be Q4_K and falls back to Q5_0: `gguf_tensor_types` shows the mix.
+(a hidden size of 576 or 896, say) cannot be Q4_K and falls back to Q5_0: `gguf_tensor_types` shows the mix.
 
 Tensor names follow llama.cpp (blk.N.attn_q.weight ...). llama.cpp's converter permutes the rows of Llama's
 q/k projections (its RoPE pairs dimensions differently); `write_gguf` applies the same permutation and

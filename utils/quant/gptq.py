@@ -27,6 +27,11 @@ def hessian(x: torch.Tensor) -> torch.Tensor:
     return 2.0 * x.T @ x / x.shape[0]
 
 
+SHARED_INPUT = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
+                ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
+assert sorted(n for g in SHARED_INPUT for n in g) == sorted(LINEAR_NAMES)
+
+
 @dataclass
 class GPTQResult:
     weight: torch.Tensor     # dequantized weight (out x in), what the kernel effectively uses
@@ -60,7 +65,8 @@ def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, b
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
-        Err1 = torch.zeros_like(W1)
+        d = Hinv1.diagonal().tolist()                # python floats: cheaper than 0-d tensors in the loop
+        codes1, Err1 = torch.empty_like(W1), torch.empty_like(W1)
         for i in range(i2 - i1):
             col = i1 + i
             if col % g == 0:                         # new group: scale from the already-updated weights
@@ -68,12 +74,18 @@ def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, b
                 scale, zero = scale[:, 0, 0], zero[:, 0, 0]
                 scales[:, col // g], zeros[:, col // g] = scale, zero
             w_col = W1[:, i]
-            q = torch.clamp(torch.round(w_col / scale) + zero, spec.qmin, spec.qmax)
-            q_codes[:, col] = q
-            Q[:, col] = (q - zero) * scale
-            err = (w_col - Q[:, col]) / Hinv1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)     # eager update inside the block
+            q = torch.round(w_col / scale)
+            if not spec.sym:
+                q.add_(zero)
+            q.clamp_(spec.qmin, spec.qmax)
+            codes1[:, i] = q
+            err = (w_col - (q - zero) * scale if not spec.sym else w_col - q * scale).div_(d[i])
             Err1[:, i] = err
+            if i + 1 < i2 - i1:
+                W1[:, i + 1:].addr_(err, Hinv1[i, i + 1:], alpha=-1.0)   # eager update inside the block
+        q_codes[:, i1:i2] = codes1
+        gi = torch.arange(i1, i2) // g
+        Q[:, i1:i2] = (codes1 - zeros[:, gi]) * scales[:, gi]
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]                               # lazy update of the rest
     inv = torch.argsort(perm)
     g_idx = (torch.arange(cols) // g)[inv].to(torch.int32)    # original column -> group (position in perm)
@@ -89,13 +101,21 @@ def gptq_quantize_model(model, calib_ids: torch.Tensor, spec: QuantSpec, *, act_
     results = {}
     layers = model.model.layers
     for li, layer in enumerate(progress(layers) if progress else layers):
-        inputs = capture_linear_inputs(layer, h, kw, list(LINEAR_NAMES))
-        for name in LINEAR_NAMES:
-            lin = layer.get_submodule(name)
-            res = gptq_quantize_weight(lin.weight.data, hessian(inputs[name]), spec, act_order=act_order,
-                                       percdamp=percdamp)
-            lin.weight.copy_(res.weight)
-            results[f"model.layers.{li}.{name}"] = res
+        inputs = capture_linear_inputs(layer, h, kw, [names[0] for names in SHARED_INPUT])
+        for names in SHARED_INPUT:
+            lins = [layer.get_submodule(n) for n in names]
+            # Linears that read the same input share one Hessian, and GPTQ treats rows independently:
+            # stacking their rows and running once gives the same result as one run per Linear, faster.
+            w = torch.cat([lin.weight.data for lin in lins]) if len(lins) > 1 else lins[0].weight.data
+            res = gptq_quantize_weight(w, hessian(inputs[names[0]]), spec, act_order=act_order, percdamp=percdamp)
+            r0 = 0
+            for n, lin in zip(names, lins):
+                r1 = r0 + lin.out_features
+                part = GPTQResult(res.weight[r0:r1].clone(), res.q[r0:r1].clone(), res.scale[r0:r1].clone(),
+                                  res.zero[r0:r1].clone(), res.g_idx.clone())
+                lin.weight.copy_(part.weight)
+                results[f"model.layers.{li}.{n}"] = part
+                r0 = r1
         del inputs
         h = run_layer(layer, h, kw)                 # the next block sees the quantized block's output
     return results

@@ -50,8 +50,8 @@ def check_group_size(in_features: int, group_size: int, name: str = "this layer"
     if in_features % group_size:
         divisors = [g for g in (16, 32, 64, 128, 256) if in_features % g == 0]
         raise ValueError(f"group_size={group_size} does not divide {name}'s {in_features} input features, so the "
-                         f"last group would be ragged. Use a divisor of {in_features} ({divisors} here; SmolLM2's "
-                         f"hidden size 576 takes 64, not 128) or group_size=-1 for per-channel scales.")
+                         f"last group would be ragged. Use a divisor of {in_features} ({divisors} here) or "
+                         f"group_size=-1 for per-channel scales.")
     return group_size
 
 
