@@ -61,7 +61,7 @@ def save_gptq_checkpoint(model, tokenizer, results: dict, spec: QuantSpec, out_d
         elif name == "lm_head.weight" and getattr(model.config, "tie_word_embeddings", False):
             continue
         else:
-            state[name] = p.detach().to(torch.bfloat16).contiguous()
+            state[name] = p.detach().to(torch.bfloat16).cpu().contiguous()
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     cfg = model.config.to_dict()
     act_order = any(not torch.equal(r.g_idx, torch.arange(r.q.shape[1], dtype=torch.int32) // spec.group_size)

@@ -65,8 +65,9 @@ def nf4_fake_quant(w: torch.Tensor, blocksize: int = 64) -> torch.Tensor:
     """Blockwise absmax-scaled NF4, as bitsandbytes' quant_type="nf4" (scales kept exact: no double quant)."""
     flat = w.float().reshape(-1, blocksize)
     absmax = flat.abs().amax(-1, keepdim=True).clamp(min=1e-12)
-    idx = torch.bucketize(flat / absmax, (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2)   # nearest level
-    return (NF4_LEVELS[idx] * absmax).reshape(w.shape).to(w.dtype)
+    levels = NF4_LEVELS.to(flat.device)
+    idx = torch.bucketize(flat / absmax, (levels[1:] + levels[:-1]) / 2)   # nearest level
+    return (levels[idx] * absmax).reshape(w.shape).to(w.dtype)
 
 
 @torch.no_grad()

@@ -51,16 +51,17 @@ def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, b
     dead = torch.diag(H) == 0                       # inputs never active: their columns cannot matter
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols, device=H.device)
     W, H = W[:, perm], H[perm][:, perm]
-    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)   # dampening
+    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype, device=H.device)   # dampening
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     W, Hinv = W.float(), Hinv.float()              # float64 for the factorisation, float32 for the sweep
 
     Q = torch.zeros_like(W)
     q_codes = torch.zeros_like(W)
     n_groups = cols // g
-    scales, zeros = torch.zeros(rows, n_groups, dtype=W.dtype), torch.zeros(rows, n_groups, dtype=W.dtype)
+    scales = torch.zeros(rows, n_groups, dtype=W.dtype, device=W.device)
+    zeros = torch.zeros_like(scales)
     scale = zero = None
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
@@ -84,12 +85,14 @@ def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, b
             if i + 1 < i2 - i1:
                 W1[:, i + 1:].addr_(err, Hinv1[i, i + 1:], alpha=-1.0)   # eager update inside the block
         q_codes[:, i1:i2] = codes1
-        gi = torch.arange(i1, i2) // g
+        gi = torch.arange(i1, i2, device=W.device) // g
         Q[:, i1:i2] = (codes1 - zeros[:, gi]) * scales[:, gi]
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]                               # lazy update of the rest
     inv = torch.argsort(perm)
-    g_idx = (torch.arange(cols) // g)[inv].to(torch.int32)    # original column -> group (position in perm)
-    return GPTQResult(Q[:, inv].to(w.dtype), q_codes[:, inv].to(torch.int16), scales.float(), zeros.float(), g_idx)
+    g_idx = (torch.arange(cols, device=W.device) // g)[inv].to(torch.int32)   # original column -> group
+    # the weight stays on w's device; codes, scales and g_idx (for the exporter) go to the CPU
+    return GPTQResult(Q[:, inv].to(w.dtype), q_codes[:, inv].to(torch.int16).cpu(), scales.float().cpu(),
+                      zeros.float().cpu(), g_idx.cpu())
 
 
 @torch.no_grad()
