@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 
-from utils import models
 from utils.measure import forward_phases
 
 
