@@ -144,6 +144,15 @@ def _fit_width(q: torch.Tensor, V: int) -> torch.Tensor:
     return torch.nn.functional.pad(q, (0, V - q.shape[-1]))
 
 
+def _sampling_setup(dev, temperature: float, seed, generator, eos_token_id):
+    """A seeded generator when sampling (unless one is given) and the end-of-sequence ids as a set."""
+    if generator is None and temperature > 0:
+        generator = torch.Generator(device=dev)
+        generator.manual_seed(0 if seed is None else seed)
+    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or [])
+    return generator, eos
+
+
 @torch.no_grad()
 def speculative_generate(target, drafter, prompt_ids, gamma: int = 4, max_new_tokens: int = 32,
                          temperature: float = 0.0, seed: int | None = 0, eos_token_id=None, mode: str = "exact",
@@ -159,10 +168,7 @@ def speculative_generate(target, drafter, prompt_ids, gamma: int = 4, max_new_to
         raise SpecDecError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     prompt = _check_prompt(prompt_ids)
     dev = target.device
-    if generator is None and temperature > 0:
-        generator = torch.Generator(device=dev)
-        generator.manual_seed(0 if seed is None else seed)
-    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or [])
+    generator, eos = _sampling_setup(dev, temperature, seed, generator, eos_token_id)
     drafter.reset()
     stats = SpecStats(gamma)
     _sync(dev)
@@ -212,10 +218,7 @@ def target_generate(target, prompt_ids, max_new_tokens: int = 32, temperature: f
     check_causal_lm(target, "target model")
     prompt = _check_prompt(prompt_ids)
     dev = target.device
-    if generator is None and temperature > 0:
-        generator = torch.Generator(device=dev)
-        generator.manual_seed(0 if seed is None else seed)
-    eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or [])
+    generator, eos = _sampling_setup(dev, temperature, seed, generator, eos_token_id)
     stats = SpecStats(1)
     _sync(dev)
     t_start = time.perf_counter()
