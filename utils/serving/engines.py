@@ -10,6 +10,7 @@ A missing engine is reported with its reason and install command, never replaced
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -98,6 +99,30 @@ def process_tree_rss(server) -> int:
     return total
 
 
+@contextmanager
+def fresh_connections():
+    """Within the block, aiohttp opens a new connection for every request (TCPConnector(force_close=True)).
+
+    llama.cpp's server closes the connection after each streamed response although it answers
+    `Keep-Alive: timeout=5, max=100`; a pooled client that sends the next request on that connection in the
+    moment before the close arrives fails at once ('Server disconnected' / 'Can not write request body').
+    The notebook uses this for every engine, so all are measured alike; on 127.0.0.1 a new connection costs
+    well under a millisecond."""
+    import aiohttp
+    original = aiohttp.TCPConnector.__init__
+
+    def init(self, *args, **kwargs):
+        kwargs.pop("keepalive_timeout", None)        # aiohttp refuses keepalive_timeout together with force_close
+        kwargs["force_close"] = True
+        original(self, *args, **kwargs)
+
+    aiohttp.TCPConnector.__init__ = init
+    try:
+        yield
+    finally:
+        aiohttp.TCPConnector.__init__ = original
+
+
 CITY_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
                "required": ["city", "country"], "additionalProperties": False}
 
@@ -129,3 +154,89 @@ def probe_features(base_url: str, model: str, timeout_s: float = 120.0) -> dict:
         out["structured_output"] = matches_city_schema(text)
         out["structured_output_text"] = text if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:120]}"
     return out
+
+
+# What each engine's documentation says (value, page). "n/d": not documented for this engine's server.
+# The notebook prints this table and checks the rows it can by request (probe_features) where the engine runs.
+FEATURES = ("paged KV cache", "prefix caching", "chunked prefill", "speculative decoding", "quantization formats",
+            "structured output", "multi-GPU", "OpenAI API", "Prometheus metrics")
+_VLLM = "https://docs.vllm.ai/en/latest/"
+_LCPP = "https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md"
+_HF = "https://huggingface.co/docs/transformers/main/en/"
+_SGL = "https://docs.sglang.io/"
+_TRT = "https://nvidia.github.io/TensorRT-LLM/latest/"
+_TGI = "https://huggingface.co/docs/text-generation-inference/"
+_LMD = "https://lmdeploy.readthedocs.io/en/latest/"
+_MLC = "https://llm.mlc.ai/docs/"
+DOCUMENTED: dict[str, dict[str, tuple[str, str]]] = {
+    "vllm": {"paged KV cache": ("yes (PagedAttention)", _VLLM + "design/paged_attention.html"),
+             "prefix caching": ("yes, automatic", _VLLM + "features/automatic_prefix_caching.html"),
+             "chunked prefill": ("yes (default in V1)", _VLLM + "configuration/optimization.html"),
+             "speculative decoding": ("yes: n-gram, EAGLE, MTP, draft model", _VLLM + "features/spec_decode.html"),
+             "quantization formats": ("FP8, AWQ, GPTQ, INT8, bitsandbytes, GGUF, ...", _VLLM + "features/quantization/"),
+             "structured output": ("yes (xgrammar, guidance)", _VLLM + "features/structured_outputs.html"),
+             "multi-GPU": ("tensor / pipeline / data / expert parallel", _VLLM + "serving/parallelism_scaling.html"),
+             "OpenAI API": ("yes", _VLLM + "serving/openai_compatible_server.html"),
+             "Prometheus metrics": ("yes, /metrics", _VLLM + "usage/metrics.html")},
+    "llamacpp": {"paged KV cache": ("no: one KV buffer split into --parallel slots", _LCPP),
+                 "prefix caching": ("yes: cache_prompt reuses a slot's KV (per slot)", _LCPP),
+                 "chunked prefill": ("yes: prompts in --batch-size chunks beside decodes", _LCPP),
+                 "speculative decoding": ("yes: draft model (--model-draft)", _LCPP),
+                 "quantization formats": ("GGUF: Q2_K ... Q8_0, IQ*, F16, BF16", _LCPP),
+                 "structured output": ("yes: json_schema / response_format, GBNF grammars", _LCPP),
+                 "multi-GPU": ("yes: --split-mode layer|row, --tensor-split", _LCPP),
+                 "OpenAI API": ("yes", _LCPP),
+                 "Prometheus metrics": ("yes, /metrics with --metrics", _LCPP)},
+    "transformers": {"paged KV cache": ("with --continuous-batching", _HF + "continuous_batching"),
+                     "prefix caching": ("with --continuous-batching (block sharing)", _HF + "continuous_batching"),
+                     "chunked prefill": ("n/d", _HF + "serving"),
+                     "speculative decoding": ("not exposed by serve", _HF + "serving"),
+                     "quantization formats": ("--quantization bnb-4bit / bnb-8bit; pre-quantized checkpoints",
+                                              _HF + "serving"),
+                     "structured output": ("no: response_format is ignored", _HF + "serving"),
+                     "multi-GPU": ("n/d for serve", _HF + "serving"),
+                     "OpenAI API": ("yes: chat, completions, responses", _HF + "serving"),
+                     "Prometheus metrics": ("no /metrics route", _HF + "serving")},
+    "sglang": {"paged KV cache": ("yes (token-level pool, --page-size)", _SGL + "docs/advanced_features/server_arguments"),
+               "prefix caching": ("yes: RadixAttention", _SGL + "docs/advanced_features/server_arguments"),
+               "chunked prefill": ("yes: --chunked-prefill-size", _SGL + "docs/advanced_features/server_arguments"),
+               "speculative decoding": ("yes: EAGLE, MTP, n-gram", _SGL + "docs/advanced_features/speculative_decoding"),
+               "quantization formats": ("FP8, AWQ, GPTQ, INT8/INT4, ...", _SGL + "docs/advanced_features/quantization"),
+               "structured output": ("yes (xgrammar, outlines, llguidance)", _SGL + "docs/advanced_features/structured_outputs"),
+               "multi-GPU": ("tensor / data / expert / pipeline parallel", _SGL + "docs/advanced_features/server_arguments"),
+               "OpenAI API": ("yes", _SGL + "docs/basic_usage/openai_api"),
+               "Prometheus metrics": ("yes, --enable-metrics", _SGL + "docs/references/production_metrics")},
+    "tensorrt_llm": {"paged KV cache": ("yes", _TRT + "features/paged-attention-ifb-scheduler.html"),
+                     "prefix caching": ("yes: KV cache reuse", _TRT + "key-features.html"),
+                     "chunked prefill": ("yes: chunked context", _TRT + "key-features.html"),
+                     "speculative decoding": ("yes: draft-target, n-gram, Medusa, EAGLE, MTP",
+                                              _TRT + "features/speculative-decoding.html"),
+                     "quantization formats": ("FP8, NVFP4, INT4 AWQ, INT8 SmoothQuant, ...", _TRT + "features/quantization.html"),
+                     "structured output": ("yes: guided decoding (xgrammar)", _TRT + "features/guided-decoding.html"),
+                     "multi-GPU": ("tensor / pipeline / expert parallel", _TRT + "features/parallel-strategy.html"),
+                     "OpenAI API": ("yes: trtllm-serve", _TRT + "commands/trtllm-serve/"),
+                     "Prometheus metrics": ("yes (trtllm-serve example)", _TRT + "index.html")},
+    "tgi": {"paged KV cache": ("yes (PagedAttention)", _TGI + "conceptual/paged_attention"),
+            "prefix caching": ("yes (v3)", _TGI + "conceptual/chunking"),
+            "chunked prefill": ("yes (v3)", _TGI + "conceptual/chunking"),
+            "speculative decoding": ("yes: Medusa, n-gram", _TGI + "conceptual/speculation"),
+            "quantization formats": ("AWQ, GPTQ, bitsandbytes, EETQ, Marlin, FP8", _TGI + "conceptual/quantization"),
+            "structured output": ("yes: guidance (grammar, JSON)", _TGI + "conceptual/guidance"),
+            "multi-GPU": ("tensor parallel (--num-shard)", _TGI + "conceptual/tensor_parallelism"),
+            "OpenAI API": ("yes: Messages API", _TGI + "messages_api"),
+            "Prometheus metrics": ("yes, /metrics", _TGI + "reference/metrics")},
+    "lmdeploy": {"paged KV cache": ("yes (blocked KV cache)", _LMD),
+                 "prefix caching": ("yes (--enable-prefix-caching)", _LMD),
+                 "chunked prefill": ("n/d", _LMD),
+                 "speculative decoding": ("n/d", _LMD),
+                 "quantization formats": ("AWQ W4A16, SmoothQuant W8A8, KV int8/int4", _LMD),
+                 "structured output": ("yes: guided decoding", _LMD),
+                 "multi-GPU": ("tensor parallel (--tp)", _LMD),
+                 "OpenAI API": ("yes: lmdeploy serve api_server", _LMD),
+                 "Prometheus metrics": ("n/d", _LMD)},
+    "mlc_llm": {"paged KV cache": ("yes", _MLC), "prefix caching": ("yes", _MLC), "chunked prefill": ("n/d", _MLC),
+                "speculative decoding": ("yes: draft model, EAGLE", _MLC),
+                "quantization formats": ("q4f16_1, q4f32_1, q0f16 (compiled per model)", _MLC),
+                "structured output": ("yes: JSON mode / schema", _MLC), "multi-GPU": ("tensor parallel", _MLC),
+                "OpenAI API": ("yes: mlc_llm serve", _MLC), "Prometheus metrics": ("n/d", _MLC)},
+}

@@ -25,11 +25,18 @@ class ModelFormatError(ValueError):
     """The file given to an engine is not in a format it reads."""
 
 
-def llamacpp_backend() -> str | None:
-    """The first installed route to llama.cpp's server ('xllamacpp' or 'llama_cpp_python'), None if neither."""
+def llamacpp_backends() -> list[str]:
+    """The installed routes to llama.cpp's server, preferred first: 'xllamacpp' (llama.cpp's own C++ server),
+    'llama_cpp_python' (a Python server over llama.cpp, one request at a time)."""
     import importlib.util
-    for backend, module in (("xllamacpp", "xllamacpp"), ("llama_cpp_python", "llama_cpp")):
-        if importlib.util.find_spec(module) is not None:
+    return [b for b, module in (("xllamacpp", "xllamacpp"), ("llama_cpp_python", "llama_cpp"))
+            if importlib.util.find_spec(module) is not None]
+
+
+def llamacpp_backend(gpu: bool = False) -> str | None:
+    """The route to use: the first installed one (gpu=True: the first whose build can offload to a GPU); None."""
+    for backend in llamacpp_backends():
+        if not gpu or llamacpp_gpu_offload(backend):
             return backend
     return None
 
@@ -41,6 +48,18 @@ def llamacpp_version(backend: str | None = None) -> str | None:
         return metadata.version({"xllamacpp": "xllamacpp", "llama_cpp_python": "llama-cpp-python"}[backend])
     except (KeyError, metadata.PackageNotFoundError):
         return None
+
+
+def llamacpp_gpu_offload(backend: str | None = None) -> bool:
+    """Can this llama.cpp build run layers on a GPU? (PyPI's xllamacpp wheel is CPU-only.)"""
+    backend = backend or llamacpp_backend()
+    if backend == "xllamacpp":
+        import xllamacpp
+        return any("GPU" in str(d.get("type")) for d in xllamacpp.get_device_info())
+    if backend == "llama_cpp_python":
+        import llama_cpp
+        return bool(llama_cpp.llama_supports_gpu_offload())
+    return False
 
 
 def check_gguf(path) -> Path:
@@ -74,7 +93,7 @@ def llamacpp_command(gguf, port: int, *, host: str = "127.0.0.1", alias: str = "
     if backend == "llama_cpp_python":
         return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", host, "--port", str(port),
                 "--model_alias", alias, "--n_ctx", str(n_ctx), "--n_threads", str(threads),
-                "--n_gpu_layers", str(n_gpu_layers)]
+                "--n_gpu_layers", str(n_gpu_layers), "--interrupt_requests", "False"]   # queue, do not cancel
     raise ModuleNotFoundError(f"llama.cpp's server is not installed. Install it with: {INSTALL}")
 
 
@@ -91,8 +110,9 @@ class LlamaCppServer(ServerProcess):
         cmd = llamacpp_command(self.gguf, port, alias=served_model_name, n_ctx=n_ctx, parallel=parallel,
                                threads=threads, n_gpu_layers=n_gpu_layers, backend=self.backend)
         cwd = str(Path(__file__).resolve().parents[2])          # the course folder: `-m utils...` resolves there
+        health = "/health" if self.backend == "xllamacpp" else "/v1/models"      # llama_cpp.server has no /health
         super().__init__(cmd, port, startup_timeout_s=startup_timeout_s, name="llamacpp", log_path=log_path,
-                         cwd=cwd, served_model=served_model_name)
+                         cwd=cwd, served_model=served_model_name, health_path=health)
 
 
 def bf16_gguf(src, dst) -> Path:
@@ -147,13 +167,18 @@ def main(argv=None) -> None:
     import xllamacpp as xlc
     p = xlc.CommonParams()
     p.model.path = str(check_gguf(a.model))
-    p.hostnames, p.port = [a.host or "127.0.0.1"], a.port
+    if hasattr(p, "hostnames"):                               # a list since 2026.10; one `hostname` before
+        p.hostnames = [a.host or "127.0.0.1"]
+    else:
+        p.hostname = a.host or "127.0.0.1"
+    p.port = a.port
     p.model_alias = {a.alias or "course-model"}
     p.n_parallel = a.parallel or 4
     p.n_ctx = (a.n_ctx or 2048) * p.n_parallel               # the context is shared by the slots
     p.n_gpu_layers = a.n_gpu_layers or 0
     p.cpuparams.n_threads = p.cpuparams_batch.n_threads = a.threads or os.cpu_count() or 1
     p.endpoint_metrics = True                                 # Prometheus /metrics
+    p.n_threads_http = 2 * p.n_parallel + 8                   # one HTTP thread per open connection (keep-alive)
     server = xlc.Server(p)                                    # loads the model, then serves in its own threads
     print(f"llama.cpp server (xllamacpp {llamacpp_version('xllamacpp')}) at {server.listening_address}", flush=True)
     threading.Event().wait()                                  # until SIGTERM/SIGKILL ends the process

@@ -2,7 +2,8 @@
 
 The server is pinned to one model (`transformers serve <model>`, which it preloads); a request that names another
 model gets HTTP 400. Two generation paths:
-  * default: every request runs its own `model.generate` (threads), with a contiguous per-request KV cache;
+  * default: one `model.generate` per request, one request after another on a single inference thread
+    (transformers/cli/serving/utils.py: GenerateManager), each with its own contiguous KV cache;
   * `--continuous-batching`: one paged-attention batch shared by all requests (transformers' ContinuousBatching
     manager), scheduled every step, as in vLLM.
 
