@@ -63,6 +63,10 @@ def inspect_engine(llm) -> dict:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
+GPTQ_BLOCK_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                      "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
 def gptq_random_checkpoint(src: str | Path, dest: str | Path, group_size: int = 128) -> Path:
     """A copy of a RANDOM-WEIGHTS config folder that declares a 4-bit GPTQ checkpoint. Loaded with
     load_format="dummy", vLLM allocates the packed int32 qweight / fp16 scales of a real W4A16 model (values
@@ -72,8 +76,12 @@ def gptq_random_checkpoint(src: str | Path, dest: str | Path, group_size: int = 
         shutil.rmtree(dest)
     shutil.copytree(src, dest)
     cfg = json.loads((dest / "config.json").read_text())
+    # Which Linears are quantized must be stated: without `modules_in_block_to_quantize`, vLLM infers them from
+    # the safetensors files' dtypes; a random-weight folder has no files, and vLLM 0.26 then loads every layer
+    # unquantized, silently (later versions treat the empty list as "unknown" and quantize all).
     cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": group_size, "sym": True,
-                                  "desc_act": False, "checkpoint_format": "gptq", "lm_head": False}
+                                  "desc_act": False, "checkpoint_format": "gptq", "lm_head": False,
+                                  "modules_in_block_to_quantize": [list(GPTQ_BLOCK_MODULES)]}
     (dest / "config.json").write_text(json.dumps(cfg, indent=1))
     (dest / "RANDOM_WEIGHTS.txt").write_text("RANDOM WEIGHTS, declared as 4-bit GPTQ g%d: speed only.\n" % group_size)
     return dest

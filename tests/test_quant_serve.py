@@ -1,0 +1,50 @@
+"""The random-weight INT4 folder must make vLLM build 4-bit layers (a folder without weight files gives vLLM
+nothing to infer the quantized layers from: the config has to list them)."""
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from utils.models import offline_default_model
+from utils.quant.serve import GPTQ_BLOCK_MODULES, gptq_random_checkpoint
+
+
+def _small_config_folder(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(offline_default_model() / f, src / f)
+    return src
+
+
+def test_random_gptq_folder_lists_its_quantized_modules(tmp_path):
+    dest = gptq_random_checkpoint(_small_config_folder(tmp_path), tmp_path / "gptq", group_size=64)
+    qc = json.loads((dest / "config.json").read_text())["quantization_config"]
+    assert qc["bits"] == 4 and qc["group_size"] == 64 and qc["desc_act"] is False
+    listed = {m for block in qc["modules_in_block_to_quantize"] for m in block}
+    assert listed == set(GPTQ_BLOCK_MODULES)
+    assert (dest / "RANDOM_WEIGHTS.txt").exists()
+
+
+@pytest.mark.slow
+def test_vllm_loads_the_random_gptq_folder_as_4bit(tmp_path):
+    pytest.importorskip("vllm")
+    dest = gptq_random_checkpoint(_small_config_folder(tmp_path), tmp_path / "gptq", group_size=64)
+    script = textwrap.dedent(f"""
+        from utils.quant.serve import allow_inspection, inspect_engine
+        from utils.serving.vllm_offline import engine_kwargs, make_llm, shutdown
+        if __name__ == "__main__":
+            allow_inspection()
+            llm = make_llm(**engine_kwargs({str(dest)!r}, max_model_len=256, load_format="dummy",
+                                           kv_cache_bytes=1 << 28))
+            print("BYTES", inspect_engine(llm).get("bytes_by_dtype"))
+            shutdown(llm)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    line = next((l for l in run.stdout.splitlines() if l.startswith("BYTES")), None)
+    assert line, run.stderr[-3000:]
+    by_dtype = eval(line[len("BYTES "):])
+    assert by_dtype.get("int32", 0) > 40e6, f"the engine holds no packed 4-bit weights: {by_dtype}"
