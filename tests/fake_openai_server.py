@@ -94,8 +94,14 @@ class Handler(BaseHTTPRequestHandler):
                 choice = ({"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece})
                 send({"id": "x", "object": "chat.completion.chunk" if chat else "text_completion",
                       "choices": [choice]})
-            send({"id": "x", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": max_tokens,
-                                                      "total_tokens": 7 + max_tokens}})
+            usage = {"prompt_tokens": 7, "completion_tokens": max_tokens, "total_tokens": 7 + max_tokens}
+            if ARGS.usage_in_last_choice:     # llama.cpp, transformers serve: a closing chunk without text
+                last = {"index": 0, "delta": {}, "finish_reason": "length"} if chat else \
+                       {"index": 0, "text": "", "finish_reason": "length"}
+                time.sleep(ARGS.itl)
+                send({"id": "x", "choices": [last], "usage": usage})
+            else:                             # vLLM: a chunk of its own, no choices
+                send({"id": "x", "choices": [], "usage": usage})
             send(b"[DONE]")
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -118,6 +124,7 @@ def main():
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument("--spawn-child", action="store_true")
     p.add_argument("--old-metric-names", action="store_true")
+    p.add_argument("--usage-in-last-choice", action="store_true")
     ARGS = p.parse_args()
     print(f"fake server pid {os.getpid()} on {ARGS.host}:{ARGS.port}", flush=True)
     if ARGS.ignore_sigterm:

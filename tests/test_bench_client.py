@@ -27,6 +27,20 @@ def fake():
 
 
 @pytest.mark.parametrize("api", ["completions", "chat"])
+def test_usage_in_the_closing_choice_chunk_is_read_and_not_timed(api):
+    """llama.cpp and `transformers serve` put `usage` in a last chunk that has a finish_reason and no text: its
+    token count must be used, and that chunk must not count as a token (no extra gap, no later E2EL)."""
+    port = free_port()
+    with ServerProcess([sys.executable, FAKE, "--port", str(port), "--ttft", str(TTFT), "--itl", str(ITL),
+                        "--usage-in-last-choice"], port, name="fake-llamacpp-style", startup_timeout_s=30) as srv:
+        res = bc.run_benchmark(srv.base_url, "fake-model", [_req(i) for i in range(2)], concurrency=2, warmup=0,
+                               api=api, force_close=True)
+    assert res.metrics["completed"] == 2 and res.metrics["total_output_tokens"] == 16
+    assert all(r.prompt_len == 7 and len(r.itl_s) == 7 and len(r.chunk_at_s) == 8 for r in res.results)
+    assert res.metrics["median_e2el_ms"] <= (TTFT + 7 * ITL) * 1e3 + 400
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
 def test_known_timings(fake, api):
     reqs = [_req(i) for i in range(4)]
     res = bc.run_benchmark(fake.base_url, "fake-model", reqs, concurrency=4, warmup=1, api=api)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from utils.serving import engines, llamacpp_server as lcs, solutions_05 as sol, transformers_server as tfs
-from utils.serving.process import ServerStartError, free_port
+from utils.serving.process import ServerStartError
 
 
 # ------------------------------------------------------------------------------ llama.cpp
@@ -172,8 +172,8 @@ def test_llamacpp_server_serves_measures_and_stops():
     srv = lcs.LlamaCppServer(gguf_path, served_model_name="smol", parallel=2, n_ctx=256, threads=1)
     with srv:
         reqs = [Request(prompt_len=5, output_len=6, prompt="The capital of France is", id=i) for i in range(2)]
-        with engines.fresh_connections():        # llama.cpp closes the connection after each stream
-            res = run_benchmark(srv.base_url, "smol", reqs, concurrency=2, warmup=1)
+        # llama.cpp closes the connection after each stream: a new connection per request
+        res = run_benchmark(srv.base_url, "smol", reqs, concurrency=2, warmup=1, force_close=True)
         assert res.metrics["completed"] == 2 and all(r.text for r in res.results)
         feats = engines.probe_features(srv.base_url, "smol")
         assert feats["openai_api"] and feats["prometheus_metrics"] and feats["structured_output"], feats
@@ -195,21 +195,6 @@ def test_transformers_server_rejects_a_stranger_and_stops(tmp_path):
         assert srv.is_ours() is None
         assert engines.probe_features(srv.base_url, srv.model_name)["prometheus_metrics"] is False
     assert srv.leftovers() == {"pids": [], "gpu_pids": []}
-
-
-def test_fresh_connections_forces_close_and_restores():
-    import aiohttp
-
-    async def make():
-        c = aiohttp.TCPConnector(limit=4, keepalive_timeout=60)
-        try:
-            return c.force_close
-        finally:
-            await c.close()
-    import asyncio
-    with engines.fresh_connections():
-        assert asyncio.run(make()) is True
-    assert asyncio.run(make()) is False
 
 
 def test_documented_features_cover_every_engine_and_cite_a_page():

@@ -142,9 +142,15 @@ async def stream_request(session, base_url: str, model: str, request, *, api: st
                 if data is None or data == "[DONE]":
                     continue
                 now = time.perf_counter()
+                if usage := data.get("usage"):      # vLLM: a chunk of its own; llama.cpp, transformers: the last choice chunk
+                    res.output_tokens = usage.get("completion_tokens") or 0
+                    if usage.get("prompt_tokens") is not None:
+                        res.prompt_len = usage["prompt_tokens"]
                 if choices := data.get("choices"):
                     c = choices[0]
                     piece = c.get("text") if api == "completions" else (c.get("delta") or {}).get("content")
+                    if not piece and c.get("finish_reason") and first:
+                        continue                    # a closing chunk with no text carries no token: not timed
                     if not first:
                         first = True
                         res.ttft_s = now - st
@@ -153,10 +159,6 @@ async def stream_request(session, base_url: str, model: str, request, *, api: st
                     res.chunk_at_s.append(now - st)
                     last = now
                     text.append(piece or "")
-                elif usage := data.get("usage"):
-                    res.output_tokens = usage.get("completion_tokens") or 0
-                    if usage.get("prompt_tokens") is not None:
-                        res.prompt_len = usage["prompt_tokens"]
         res.text = "".join(text)
         res.latency_s = last - st
         if first:
@@ -272,7 +274,7 @@ async def run_benchmark_async(base_url: str, model: str, requests: list, *, conc
                               extra_body: dict | None = None, timeout_s: float = 300.0,
                               max_seconds: float | None = None, slo_ms: dict | None = None,
                               percentiles=DEFAULT_PERCENTILES, tokenizer=None,
-                              progress: bool = False) -> BenchmarkResult:
+                              progress: bool = False, force_close: bool = False) -> BenchmarkResult:
     """Run `requests` against the server; see `run_benchmark` (the synchronous entry point)."""
     import aiohttp
     if not requests:
@@ -281,7 +283,10 @@ async def run_benchmark_async(base_url: str, model: str, requests: list, *, conc
         raise ValueError("concurrency must be >= 1 (or None for unlimited)")
     slots = concurrency or len(requests)
     kw = dict(api=api, ignore_eos=ignore_eos, extra_body=extra_body, tokenizer=tokenizer)
-    connector = aiohttp.TCPConnector(limit=slots + 4, keepalive_timeout=60)
+    # force_close: a new connection per request. llama.cpp's server closes the connection after each streamed
+    # response although it announces keep-alive; a pooled connection then fails the next request at random.
+    connector = (aiohttp.TCPConnector(limit=slots + 4, force_close=True) if force_close else
+                 aiohttp.TCPConnector(limit=slots + 4, keepalive_timeout=60))
     timeout = aiohttp.ClientTimeout(total=timeout_s, connect=10.0)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False) as client:
         if warmup:   # like vLLM: copies of the first request, at the same concurrency, not measured
@@ -358,7 +363,8 @@ def run_benchmark(base_url: str, model: str, requests: list, **kwargs) -> Benchm
     concurrency: max requests in flight (None = unlimited); request_rate: requests/s (math.inf = all at
     once), Poisson (burstiness=1) or gamma arrivals, seeded by `seed`; warmup: untimed requests first;
     api: "completions" or "chat"; ignore_eos: produce exactly output_len tokens; max_seconds: stop
-    *sending* after this long (requests in flight finish); slo_ms: {"ttft", "tpot", "e2el"} for goodput.
+    *sending* after this long (requests in flight finish); slo_ms: {"ttft", "tpot", "e2el"} for goodput;
+    force_close: a new connection per request (for servers that close after each stream, e.g. llama.cpp).
     Returns a BenchmarkResult (.metrics dict, .requests_df(), .summary()).
     """
     return run_sync(run_benchmark_async(base_url, model, requests, **kwargs))

@@ -10,7 +10,6 @@ A missing engine is reported with its reason and install command, never replaced
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -97,30 +96,6 @@ def process_tree_rss(server) -> int:
         except psutil.Error:
             pass
     return total
-
-
-@contextmanager
-def fresh_connections():
-    """Within the block, aiohttp opens a new connection for every request (TCPConnector(force_close=True)).
-
-    llama.cpp's server closes the connection after each streamed response although it answers
-    `Keep-Alive: timeout=5, max=100`; a pooled client that sends the next request on that connection in the
-    moment before the close arrives fails at once ('Server disconnected' / 'Can not write request body').
-    The notebook uses this for every engine, so all are measured alike; on 127.0.0.1 a new connection costs
-    well under a millisecond."""
-    import aiohttp
-    original = aiohttp.TCPConnector.__init__
-
-    def init(self, *args, **kwargs):
-        kwargs.pop("keepalive_timeout", None)        # aiohttp refuses keepalive_timeout together with force_close
-        kwargs["force_close"] = True
-        original(self, *args, **kwargs)
-
-    aiohttp.TCPConnector.__init__ = init
-    try:
-        yield
-    finally:
-        aiohttp.TCPConnector.__init__ = original
 
 
 CITY_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
