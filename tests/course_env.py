@@ -12,6 +12,9 @@ os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 _SCRATCH = tempfile.mkdtemp(prefix="course-test-run-")
 os.environ.setdefault("COURSE_RESULTS_DIR", os.path.join(_SCRATCH, "results"))
 os.environ.setdefault("COURSE_LOG_DIR", os.path.join(_SCRATCH, "logs"))
+# vLLM's engine processes talk over IPC sockets it creates in VLLM_RPC_BASE_PATH (default /tmp) and never removes.
+os.environ.setdefault("VLLM_RPC_BASE_PATH", os.path.join(_SCRATCH, "ipc"))
+os.makedirs(os.environ["VLLM_RPC_BASE_PATH"], exist_ok=True)
 
 
 def pytest_unconfigure(config):
