@@ -22,9 +22,9 @@ from .rtn import QuantSpec, check_group_size, quant_params
 
 
 def hessian(x: torch.Tensor) -> torch.Tensor:
-    """H = 2 X^T X / n for inputs x (tokens x in_features), in float64 for a stable Cholesky."""
-    x = x.reshape(-1, x.shape[-1]).double()
-    return 2.0 * x.T @ x / x.shape[0]
+    """H = 2 X^T X / n for inputs x (tokens x in_features), in float32 (as the reference implementation)."""
+    x = x.reshape(-1, x.shape[-1]).float()
+    return (2.0 / x.shape[0]) * (x.T @ x)
 
 
 SHARED_INPUT = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
@@ -47,7 +47,9 @@ def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, b
     rows, cols = w.shape
     g = check_group_size(cols, spec.group_size)
     blocksize = max(blocksize // g, 1) * g if g < cols else blocksize   # groups never straddle a block
-    W, H = w.detach().double().clone(), h.double().clone()
+    # float32 throughout, as the reference implementation: with 1% dampening the factorisation is stable, and
+    # float64 would make the O(in^3) Cholesky of a 4864-wide down_proj several times slower on a CPU
+    W, H = w.detach().float().clone(), h.float().clone()
     dead = torch.diag(H) == 0                       # inputs never active: their columns cannot matter
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -55,7 +57,6 @@ def gptq_quantize_weight(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, *, b
     W, H = W[:, perm], H[perm][:, perm]
     H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype, device=H.device)   # dampening
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    W, Hinv = W.float(), Hinv.float()              # float64 for the factorisation, float32 for the sweep
 
     Q = torch.zeros_like(W)
     q_codes = torch.zeros_like(W)
