@@ -52,3 +52,31 @@ def test_bad_input_messages():
         simulate([(0, 3000, 10)], policy="whole", token_budget=1024)
     with pytest.raises(ValueError, match="policy"):
         simulate([(0, 10, 10)], policy="fifo")
+
+
+def test_step_cost_fit_recovers_the_attention_term_from_chunked_steps():
+    """Steps timed by a known cost (with prefill attention) give back that cost; without the chunks the fit
+    cannot explain the long-context steps."""
+    import random
+    from utils.kv.chunked_prefill import StepCost
+    true = StepCost(overhead=3e-3, per_token=2e-5, per_attn=4e-9)
+    rng = random.Random(0)
+    tokens, secs, chunks = [], [], []
+    for _ in range(300):
+        ch = [(rng.randrange(0, 16000), rng.randrange(1, 2048)) for _ in range(rng.randrange(0, 3))]
+        t = sum(c for _, c in ch) + rng.randrange(0, 64)                     # prefill chunks + decodes
+        tokens.append(t); chunks.append(ch); secs.append(true(t, ch) * (1 + rng.uniform(-0.01, 0.01)))
+    fit = StepCost.fit(tokens, secs, chunks)
+    assert abs(fit.overhead / true.overhead - 1) < 0.1 and abs(fit.per_token / true.per_token - 1) < 0.1
+    assert abs(fit.per_attn / true.per_attn - 1) < 0.05
+    two = StepCost.fit(tokens, secs)
+    err = lambda c: sum((c(t, ch if c is fit else ()) - s) ** 2 for t, ch, s in zip(tokens, chunks, secs))
+    assert err(fit) < 0.01 * err(two)
+
+
+def test_step_chunks_follows_each_prompt_through_its_chunks():
+    from utils.kv.chunked_prefill import step_chunks
+    run = {"requests": [{"id": 0, "prompt_len": 10}, {"id": 1, "prompt_len": 3}],
+           "steps": [{"per_request": {0: 4}}, {"per_request": {0: 4, 1: 3}}, {"per_request": {0: 2, 1: 1}},
+                     {"per_request": {0: 1, 1: 1}}]}
+    assert step_chunks(run) == [[(0, 4)], [(4, 4), (0, 3)], [(8, 2)], []]

@@ -68,13 +68,26 @@ class StepCost:
         return self.overhead + self.per_token * tokens + self.per_attn * attn
 
     @classmethod
-    def fit(cls, tokens, seconds) -> "StepCost":
-        """Least-squares overhead + per_token from measured (tokens in step, step seconds) pairs."""
+    def fit(cls, tokens, seconds, chunks=None) -> "StepCost":
+        """Least-squares overhead + per_token from measured (tokens in step, step seconds) pairs; with `chunks`
+        (per step, the prefill chunks as (context before, chunk tokens), e.g. from `step_chunks`) also per_attn,
+        the quadratic cost of prefill attention that a long prompt's chunks pay. Terms that come out negative
+        are dropped and the rest refitted."""
         x, y = np.asarray(tokens, float), np.asarray(seconds, float)
         if len(x) < 2 or np.ptp(x) == 0:
             raise ValueError("StepCost.fit needs steps of at least two different token counts")
-        slope, intercept = np.polyfit(x, y, 1)
-        return cls(overhead=max(float(intercept), 0.0), per_token=max(float(slope), 0.0))
+        cols = {"overhead": np.ones_like(x), "per_token": x}
+        if chunks is not None:
+            if len(chunks) != len(x):
+                raise ValueError(f"{len(chunks)} chunk lists for {len(x)} steps")
+            cols["per_attn"] = np.array([sum(c * (ctx + c / 2) for ctx, c in ch) for ch in chunks], float)
+        while True:
+            names = list(cols)
+            coef = np.linalg.lstsq(np.stack([cols[n] for n in names], 1), y, rcond=None)[0]
+            negative = [n for n, v in zip(names, coef) if v < 0 and n != "overhead"]
+            if not negative:
+                return cls(**{n: max(float(v), 0.0) for n, v in zip(names, coef)})
+            del cols[negative[0]]
 
 
 @dataclass
@@ -324,6 +337,23 @@ def replay_on_engine(llm, trace, *, max_model_len: int | None = None, record_sch
         steps = [{"t": s["t"] - t0 - 0.0, "tokens": s["tokens"], "per_request": s["per_request"]} for s in rec.steps]
     return {"requests": reqs, "steps": steps, "duration_s": total,
             "tokens": sum(len(ids) + o for _, ids, o in trace)}
+
+
+def step_chunks(run: dict) -> list[list[tuple[int, int]]]:
+    """Per recorded step of `replay_on_engine`, the prefill chunks it ran as (tokens of that prompt already
+    computed, chunk tokens): what `StepCost` charges attention for. Decode tokens are not chunks."""
+    prompt_len = {r["id"]: r["prompt_len"] for r in run["requests"]}
+    done: dict = {}
+    out = []
+    for st in run["steps"]:
+        chunks = []
+        for i, n in st["per_request"].items():
+            before = done.get(i, 0)
+            if i in prompt_len and before < prompt_len[i]:
+                chunks.append((before, min(n, prompt_len[i] - before)))
+            done[i] = before + n
+        out.append(chunks)
+    return out
 
 
 class _Null:
