@@ -1,8 +1,9 @@
 """SGLang's OpenAI-compatible server (`python -m sglang.launch_server`), started and stopped like VLLMServer.
 
 SGLang pins its own torch, transformers and kernel versions (0.5.16: torch 2.11.0, transformers 5.12.1,
-sglang-kernel 0.4.5), which clash with vLLM's, so it never shares this Python environment: the server runs as its
-own process from either
+sglang-kernel 0.4.5), which clash with vLLM's (with transformers 5.17, importing sglang 0.5.16 fails: "'qwen3_asr' is
+already used by a Transformers config"), so it never shares this Python environment: the server runs as its own
+process from either
   * COURSE_SGLANG_PATH: a folder made by `pip install --no-deps --target DIR ...`, put first on the server's
     PYTHONPATH only (the interpreter stays this one, so it reuses the installed torch), or
   * COURSE_SGLANG_PYTHON: the python of a separate virtual environment that has sglang.
@@ -23,9 +24,9 @@ from pathlib import Path
 from .process import ServerProcess, free_port
 
 PATH_ENV, PYTHON_ENV = "COURSE_SGLANG_PATH", "COURSE_SGLANG_PYTHON"
-PINNED = "0.5.16"        # the newest SGLang that pins torch 2.11 and loads its kernels with it
+PINNED = "0.5.16"        # pins torch 2.11 (0.5.11-0.5.17 do; 0.5.18 and later need torch >= 2.13)
 INSTALL = (f"python -m venv ~/sglang-venv && ~/sglang-venv/bin/pip install sglang=={PINNED} && "
-           f"export {PYTHON_ENV}=~/sglang-venv/bin/python  (NVIDIA GPU; or, beside this torch: pip install "
+           f"export {PYTHON_ENV}=~/sglang-venv/bin/python  (NVIDIA GPU; or into a folder: pip install "
            f"--target ~/sglang_env sglang=={PINNED} && export {PATH_ENV}=~/sglang_env)")
 
 
