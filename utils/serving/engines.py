@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from importlib import metadata
 
 
+from .sglang_server import INSTALL as SGLANG_INSTALL, sglang_version
+
 @dataclass(frozen=True)
 class Engine:
     key: str
@@ -33,12 +35,12 @@ ENGINES: dict[str, Engine] = {e.key: e for e in (
            "https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md", cpu=True),
     Engine("transformers", "transformers serve", ("transformers",), "pip install 'transformers[serving]'",
            "https://huggingface.co/docs/transformers/main/en/serving", cpu=True),
-    Engine("sglang", "SGLang", ("sglang",), "pip install sglang (NVIDIA GPU; its own environment)",
+    Engine("sglang", "SGLang", ("sglang",), SGLANG_INSTALL,
            "https://docs.sglang.io/docs/get-started/quickstart", cpu=False,
            not_run="GPU engine (CUDA kernels in sgl-kernel). Its CPU backend needs Intel AMX (4th-gen Xeon or "
                    "newer) and a source/Docker build (docs.sglang.io/docs/hardware-platforms/cpu_server). On the GPU "
-                   "it pins torch and transformers versions that clash with vLLM's: it needs its own environment, "
-                   "which this course does not install."),
+                   "it pins torch and transformers versions that clash with vLLM's: it runs from its own environment "
+                   "(utils/serving/sglang_server.py), which this notebook does not start yet."),
     Engine("tensorrt_llm", "TensorRT-LLM", ("tensorrt-llm", "tensorrt_llm"), "NVIDIA's own package index",
            "https://nvidia.github.io/TensorRT-LLM/", cpu=False,
            not_run="NVIDIA GPUs only; wheels only on NVIDIA's own index (not PyPI), pinned to older torch (<= 2.9)."),
@@ -56,6 +58,8 @@ ENGINES: dict[str, Engine] = {e.key: e for e in (
 
 
 def installed_version(key: str) -> str | None:
+    if key == "sglang":
+        return sglang_version()          # its own environment, not this one's package metadata
     for dist in ENGINES[key].dists:
         try:
             return metadata.version(dist)
