@@ -132,3 +132,17 @@ def test_gptq_stacking_linears_that_share_an_input_changes_nothing():
         assert torch.allclose(stacked.weight[r0:r0 + len(w)], one.weight, atol=1e-6)
         assert torch.equal(stacked.q[r0:r0 + len(w)], one.q)
         r0 += len(w)
+
+
+def test_inverse_hessian_factor_matches_the_reference_formula():
+    """One Cholesky of the flipped Hessian gives the same upper factor of H^-1 as GPTQ's reference
+    chol(chol_inverse(chol(H)), upper=True)."""
+    import torch
+    from utils.quant.gptq import inverse_hessian_upper_cholesky
+    torch.manual_seed(0)
+    x = torch.randn(300, 96, dtype=torch.float64) * torch.rand(96, dtype=torch.float64)
+    h = 2 * x.T @ x / 300 + 0.01 * torch.eye(96, dtype=torch.float64)
+    ref = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    got = inverse_hessian_upper_cholesky(h)
+    assert torch.allclose(got, got.triu()) and torch.allclose(got, ref, rtol=1e-8, atol=1e-10)
+    assert torch.allclose(got.T @ got @ h, torch.eye(96, dtype=torch.float64), atol=1e-8)
