@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import math
 import random
+from functools import partial
 from types import SimpleNamespace
 
+from utils.exercise import run_exercise as _run_exercise
 from utils.measure.memory import kv_cache_bytes_for
 
 from .block_manager import BlockAllocator
@@ -66,6 +68,5 @@ def check_ex2(fn, cases: int = 200, seed: int = 1) -> int:
     return cases
 
 
-def run_exercise(check, fn, reference):
-    from utils.exercise import run_exercise as run
-    return run(check, fn, reference, "utils/kv/solutions_01.py")
+# the checker cell: the learner's function, or the reference until it is written
+run_exercise = partial(_run_exercise, source="utils/kv/solutions_01.py")
