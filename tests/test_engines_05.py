@@ -36,6 +36,42 @@ def test_llamacpp_commands_bind_loopback_and_name_the_model():
     assert py[py.index("--host") + 1] == "127.0.0.1"
 
 
+def _fake_llama_server(tmp_path, devices):
+    """An executable that answers --version and --list-devices like a llama-server build."""
+    exe = tmp_path / "llama-server"
+    exe.write_text("#!/bin/sh\n"
+                   'if [ "$1" = "--version" ]; then echo "version: 123 (abc1234)"; echo "built with cc"; fi\n'
+                   f'if [ "$1" = "--list-devices" ]; then printf "Available devices:\\n{devices}"; fi\n')
+    exe.chmod(0o755)
+    return exe
+
+
+def test_llama_server_binary_is_found_and_commanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAMA_SERVER", str(tmp_path / "missing"))
+    assert lcs.llama_server_binary() is None and "llama_server" not in lcs.llamacpp_backends()
+    exe = _fake_llama_server(tmp_path, "  CUDA0: NVIDIA H200 (143000 MiB, 142000 MiB free)\\n")
+    monkeypatch.setenv("LLAMA_SERVER", str(exe))
+    assert "llama_server" in lcs.llamacpp_backends()
+    assert lcs.llamacpp_version("llama_server") == "123 (abc1234)"
+    assert lcs.llamacpp_gpu_offload("llama_server") is True
+    cmd = lcs.llamacpp_command("/m.gguf", 1234, alias="smol", n_ctx=256, parallel=3, threads=2,
+                               n_gpu_layers=999, backend="llama_server")
+    assert cmd[0] == str(exe) and cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--ctx-size") + 1] == "768" and cmd[cmd.index("--parallel") + 1] == "3"   # shared by slots
+    assert cmd[cmd.index("--alias") + 1] == "smol" and "--metrics" in cmd
+    assert cmd[cmd.index("--n-gpu-layers") + 1] == "999"
+    cpu_only = _fake_llama_server(tmp_path, "")
+    monkeypatch.setenv("LLAMA_SERVER", str(cpu_only))
+    assert lcs.llamacpp_gpu_offload("llama_server") is False
+
+
+def test_llama_server_build_command_is_offline_and_cuda_optional():
+    gpu = lcs.build_command("/src", "/build", cuda_arch="90", jobs=16)
+    assert "-DGGML_CUDA=ON" in gpu and "-DCMAKE_CUDA_ARCHITECTURES=90" in gpu
+    assert "-DLLAMA_USE_PREBUILT_UI=OFF" in gpu and "--target llama-server -j 16" in gpu
+    assert "GGML_CUDA" not in lcs.build_command("/src", "/build", cuda_arch=None)
+
+
 def test_llamacpp_missing_backend_names_the_install_command(monkeypatch):
     monkeypatch.setattr(lcs, "llamacpp_backend", lambda: None)
     with pytest.raises(ModuleNotFoundError, match="pip install xllamacpp"):
@@ -98,7 +134,7 @@ def test_transformers_serve_command_and_exact_length_request():
 
 # ------------------------------------------------------------------------------ registry
 def test_engine_status_reasons(monkeypatch):
-    for key in ("sglang", "tensorrt_llm", "tgi", "lmdeploy", "mlc_llm"):
+    for key in ("tensorrt_llm", "tgi", "lmdeploy", "mlc_llm"):
         st = engines.engine_status(key, on_gpu=True)
         assert st["status"] == "skipped" and len(st["reason"]) > 30 and st["docs"].startswith("https://")
     monkeypatch.setattr(engines, "installed_version", lambda key: None)
@@ -108,7 +144,14 @@ def test_engine_status_reasons(monkeypatch):
     assert engines.engine_status("transformers", on_gpu=False) == {
         "engine": "transformers serve", "key": "transformers", "version": "1.2.3", "status": "runnable",
         "reason": "", "docs": engines.ENGINES["transformers"].docs}
-    assert "installed (1.2.3) but not run here" in engines.engine_status("sglang", on_gpu=True)["reason"]
+    assert "installed (1.2.3) but not run here" in engines.engine_status("tgi", on_gpu=True)["reason"]
+    # SGLang: runnable where installed and a GPU is present; on a CPU machine skipped with why
+    assert engines.engine_status("sglang", on_gpu=True)["status"] == "runnable"
+    st = engines.engine_status("sglang", on_gpu=False)
+    assert st["status"] == "skipped" and "Intel AMX" in st["reason"]
+    monkeypatch.setattr(engines, "installed_version", lambda key: None)
+    st = engines.engine_status("sglang", on_gpu=True)
+    assert st["status"] == "skipped" and "sglang==" in st["reason"]
 
 
 def test_city_schema_check():

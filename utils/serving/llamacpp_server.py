@@ -4,6 +4,8 @@ Where it comes from (package registries only, no compiler needed for the first):
   * `xllamacpp` (prebuilt wheels; PyPI has the CPU build): its `Server` class runs llama.cpp's native C++ server
     (tools/server: continuous batching over `parallel` slots, prompt cache, /metrics, JSON-schema output) inside
     a Python process. `python -m utils.serving.llamacpp_server --model X.gguf --port P` is that process.
+  * a `llama-server` binary built from llama.cpp's source (the CUDA route: `cmake -DGGML_CUDA=ON`, see
+    `build_command`), found through LLAMA_SERVER (its path) or on PATH: the same C++ server as xllamacpp's.
   * `llama-cpp-python[server]` (an sdist that compiles llama.cpp; `CMAKE_ARGS=-DGGML_CUDA=on` for NVIDIA GPUs):
     `python -m llama_cpp.server`, a Python (FastAPI) server over the `Llama` class -- one request at a time.
 llama.cpp reads GGUF files only; `check_gguf` refuses anything else with a message before a server starts.
@@ -12,25 +14,61 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 from .process import ServerProcess, free_port
 
-BACKENDS = ("xllamacpp", "llama_cpp_python")
-INSTALL = "pip install xllamacpp  (prebuilt wheel; or: pip install 'llama-cpp-python[server]', which compiles)"
+BACKENDS = ("xllamacpp", "llama_server", "llama_cpp_python")
+NATIVE = ("xllamacpp", "llama_server")      # llama.cpp's own C++ server: parallel slots, continuous batching
+BINARY_ENV = "LLAMA_SERVER"
+INSTALL = ("pip install xllamacpp  (prebuilt CPU wheel; or build llama.cpp's llama-server with CUDA and set "
+           "LLAMA_SERVER=/path/to/llama-server; or: pip install 'llama-cpp-python[server]', which compiles)")
 
 
 class ModelFormatError(ValueError):
     """The file given to an engine is not in a format it reads."""
 
 
+def llama_server_binary() -> str | None:
+    """A built `llama-server`: $LLAMA_SERVER if it is an executable file, else `llama-server` on PATH."""
+    path = os.environ.get(BINARY_ENV)
+    if path:
+        return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    return shutil.which("llama-server")
+
+
+def build_command(source_dir, build_dir, cuda_arch: str | None = "90", jobs: int | None = None,
+                  extra_flags: tuple[str, ...] = ()) -> str:
+    """Shell commands that build llama.cpp's server from its source tree, offline (no web UI download);
+    cuda_arch=None builds for the CPU only. Then: export LLAMA_SERVER=<build_dir>/bin/llama-server."""
+    flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+             "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_OPENSSL=OFF", *extra_flags]
+    if cuda_arch:
+        flags += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch}"]
+    return (f"cmake -S {source_dir} -B {build_dir} {' '.join(flags)} && "
+            f"cmake --build {build_dir} --target llama-server -j {jobs or os.cpu_count() or 1}")
+
+
 def llamacpp_backends() -> list[str]:
-    """The installed routes to llama.cpp's server, preferred first: 'xllamacpp' (llama.cpp's own C++ server),
-    'llama_cpp_python' (a Python server over llama.cpp, one request at a time)."""
+    """The installed routes to llama.cpp's server, preferred first: 'xllamacpp' (llama.cpp's own C++ server in a
+    wheel), 'llama_server' (a built llama-server binary), 'llama_cpp_python' (a Python server, one request at a time)."""
     import importlib.util
-    return [b for b, module in (("xllamacpp", "xllamacpp"), ("llama_cpp_python", "llama_cpp"))
-            if importlib.util.find_spec(module) is not None]
+    found = {"xllamacpp": importlib.util.find_spec("xllamacpp") is not None,
+             "llama_server": llama_server_binary() is not None,
+             "llama_cpp_python": importlib.util.find_spec("llama_cpp") is not None}
+    return [b for b in BACKENDS if found[b]]
+
+
+def _binary_output(*args: str) -> str:
+    try:
+        out = subprocess.run([llama_server_binary() or "llama-server", *args], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout + out.stderr
 
 
 def llamacpp_backend(gpu: bool = False) -> str | None:
@@ -44,6 +82,9 @@ def llamacpp_backend(gpu: bool = False) -> str | None:
 def llamacpp_version(backend: str | None = None) -> str | None:
     from importlib import metadata
     backend = backend or llamacpp_backend()
+    if backend == "llama_server":           # "version: 0 (<commit>)": the build's number and commit
+        line = next((l for l in _binary_output("--version").splitlines() if l.startswith("version:")), "")
+        return line.split(":", 1)[1].strip() or None if line else None
     try:
         return metadata.version({"xllamacpp": "xllamacpp", "llama_cpp_python": "llama-cpp-python"}[backend])
     except (KeyError, metadata.PackageNotFoundError):
@@ -56,6 +97,9 @@ def llamacpp_gpu_offload(backend: str | None = None) -> bool:
     if backend == "xllamacpp":
         import xllamacpp
         return any("GPU" in str(d.get("type")) for d in xllamacpp.get_device_info())
+    if backend == "llama_server":           # `--list-devices` names CUDA0 ... for a CUDA build
+        return any(l.strip().startswith(("CUDA", "ROCm", "Vulkan", "Metal")) for l in
+                   _binary_output("--list-devices").splitlines())
     if backend == "llama_cpp_python":
         import llama_cpp
         return bool(llama_cpp.llama_supports_gpu_offload())
@@ -90,6 +134,11 @@ def llamacpp_command(gguf, port: int, *, host: str = "127.0.0.1", alias: str = "
         return [sys.executable, "-m", "utils.serving.llamacpp_server", "--model", str(gguf), "--host", host,
                 "--port", str(port), "--alias", alias, "--n-ctx", str(n_ctx), "--parallel", str(parallel),
                 "--threads", str(threads), "--n-gpu-layers", str(n_gpu_layers)]
+    if backend == "llama_server":           # the same settings as main() gives xllamacpp
+        return [llama_server_binary() or "llama-server", "--model", str(gguf), "--host", host, "--port", str(port),
+                "--alias", alias, "--ctx-size", str(n_ctx * parallel), "--parallel", str(parallel),
+                "--threads", str(threads), "--threads-batch", str(threads), "--n-gpu-layers", str(n_gpu_layers),
+                "--metrics", "--threads-http", str(2 * parallel + 8), "--no-webui"]
     if backend == "llama_cpp_python":
         return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", host, "--port", str(port),
                 "--model_alias", alias, "--n_ctx", str(n_ctx), "--n_threads", str(threads),
@@ -110,7 +159,7 @@ class LlamaCppServer(ServerProcess):
         cmd = llamacpp_command(self.gguf, port, alias=served_model_name, n_ctx=n_ctx, parallel=parallel,
                                threads=threads, n_gpu_layers=n_gpu_layers, backend=self.backend)
         cwd = str(Path(__file__).resolve().parents[2])          # the course folder: `-m utils...` resolves there
-        health = "/health" if self.backend == "xllamacpp" else "/v1/models"      # llama_cpp.server has no /health
+        health = "/health" if self.backend in NATIVE else "/v1/models"      # llama_cpp.server has no /health
         super().__init__(cmd, port, startup_timeout_s=startup_timeout_s, name="llamacpp", log_path=log_path,
                          cwd=cwd, served_model=served_model_name, health_path=health)
 
