@@ -152,6 +152,17 @@ def test_engine_status_reasons(monkeypatch):
     monkeypatch.setattr(engines, "installed_version", lambda key: None)
     st = engines.engine_status("sglang", on_gpu=True)
     assert st["status"] == "skipped" and "sglang==" in st["reason"]
+    assert "Intel AMX" in engines.engine_status("sglang", on_gpu=False)["reason"]     # CPU: why, not how to install
+
+
+def test_a_llama_server_that_does_not_run_is_not_installed(tmp_path, monkeypatch):
+    broken = tmp_path / "llama-server"
+    broken.write_text("#!/bin/sh\necho 'error while loading shared libraries: libcudart.so.13' >&2; exit 127\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("LLAMA_SERVER", str(broken))
+    monkeypatch.setattr(lcs, "llamacpp_backends", lambda: ["llama_server"])
+    assert lcs.llamacpp_version("llama_server") is None
+    assert engines.installed_version("llamacpp") is None
 
 
 def test_city_schema_check():

@@ -61,7 +61,8 @@ def installed_version(key: str) -> str | None:
         return sglang_version()          # its own environment, not this one's package metadata
     if key == "llamacpp":                # a wheel, or a llama-server binary built from source
         backend = llamacpp_backend()
-        return f"{backend} {llamacpp_version(backend)}" if backend else None
+        version = llamacpp_version(backend) if backend else None
+        return f"{backend} {version}" if version else None      # a binary that does not run is not installed
     for dist in ENGINES[key].dists:
         try:
             return metadata.version(dist)
@@ -77,10 +78,10 @@ def engine_status(key: str, on_gpu: bool) -> dict:
     reason = ""
     if e.not_run:
         reason = e.not_run if version is None else f"installed ({version}) but not run here: {e.not_run}"
+    elif not on_gpu and not e.cpu:
+        reason = e.no_cpu                # installed or not: it cannot run on this machine
     elif version is None:
         reason = f"not installed; install with: {e.install}"
-    elif not on_gpu and not e.cpu:
-        reason = e.no_cpu
     return {"engine": e.name, "key": key, "version": version, "status": "skipped" if reason else "runnable",
             "reason": reason, "docs": e.docs}
 

@@ -35,8 +35,8 @@ class ModelFormatError(ValueError):
 def llama_server_binary() -> str | None:
     """A built `llama-server`: $LLAMA_SERVER if it is an executable file, else `llama-server` on PATH."""
     path = os.environ.get(BINARY_ENV)
-    if path:
-        return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    if path:                                 # a path (~ allowed) or a command name on PATH
+        return shutil.which(os.path.expanduser(path))
     return shutil.which("llama-server")
 
 
