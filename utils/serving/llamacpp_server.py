@@ -33,7 +33,7 @@ class ModelFormatError(ValueError):
 
 
 def llama_server_binary() -> str | None:
-    """A built `llama-server`: $LLAMA_SERVER if it is an executable file, else `llama-server` on PATH."""
+    """A built `llama-server` (its resolved path): $LLAMA_SERVER if set, else `llama-server` on PATH; None if absent."""
     path = os.environ.get(BINARY_ENV)
     if path:                                 # a path (~ allowed) or a command name on PATH
         return shutil.which(os.path.expanduser(path))
