@@ -20,3 +20,17 @@ os.makedirs(os.environ["VLLM_RPC_BASE_PATH"], exist_ok=True)
 def pytest_unconfigure(config):
     """Remove this run's scratch folder (results JSON and server logs) when the run ends."""
     shutil.rmtree(_SCRATCH, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The slowest cells of each notebook run in a fresh kernel (the second-model pass), after pytest's durations."""
+    lines = []
+    for rep in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
+        for key, cells in getattr(rep, "user_properties", []):
+            if key == "slowest_cells" and rep.when == "call":
+                lines.append(f"{rep.nodeid.split('[')[-1].rstrip(']')}: " +
+                             "; ".join(f"cell {i} {s:.0f} s ({first!r})" for i, s, first in cells))
+    if lines:
+        terminalreporter.write_sep("=", "slowest cells of the notebooks run in their own kernel")
+        for line in lines:
+            terminalreporter.write_line(line)

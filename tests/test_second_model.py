@@ -8,6 +8,7 @@ A cell that raises or an assert that fails fails the test, as under nbval-lax.
 """
 import configparser
 import os
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,20 @@ def _course_notebooks() -> list[str]:
     return [p for p in ini["pytest"]["testpaths"].split() if p.endswith(".ipynb")]
 
 
+def cell_seconds(nb) -> list[tuple[int, float, str]]:
+    """(index, seconds, first line) of each executed code cell, from nbclient's timing metadata."""
+    out = []
+    for i, cell in enumerate(nb.cells):
+        ex = cell.get("metadata", {}).get("execution", {})
+        if "iopub.execute_input" in ex and "shell.execute_reply" in ex:
+            a, b = (datetime.fromisoformat(ex[k].replace("Z", "+00:00")) for k in ("iopub.execute_input", "shell.execute_reply"))
+            out.append((i, (b - a).total_seconds(), (cell.source.splitlines() or [""])[0][:60]))
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", _course_notebooks())
-def test_notebook_runs_with_the_second_model(notebook, monkeypatch, tmp_path):
+def test_notebook_runs_with_the_second_model(notebook, monkeypatch, tmp_path, request):
     import nbformat
     from nbclient import NotebookClient
     if notebook in MODEL_INDEPENDENT:
@@ -42,5 +54,9 @@ def test_notebook_runs_with_the_second_model(notebook, monkeypatch, tmp_path):
     monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path / "results"))
     nb = nbformat.read(ROOT / notebook, as_version=4)
     client = NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
-    client.execute()                                         # raises CellExecutionError on the first failing cell
+    try:
+        client.execute()                                     # raises CellExecutionError on the first failing cell
+    finally:   # where the time went, printed in the run's summary (tests/course_env.py): the CI budget is tight
+        slowest = sorted(cell_seconds(nb), key=lambda r: -r[1])[:5]
+        request.node.user_properties.append(("slowest_cells", slowest))
     assert (tmp_path / "results" / f"{Path(notebook).stem}.json").is_file(), "the notebook did not reach its end"
