@@ -1,6 +1,7 @@
 """The random-weight INT4 folder must make vLLM build 4-bit layers (a folder without weight files gives vLLM
 nothing to infer the quantized layers from: the config has to list them)."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -48,3 +49,24 @@ def test_vllm_loads_the_random_gptq_folder_as_4bit(tmp_path):
     assert line, run.stderr[-3000:]
     by_dtype = eval(line[len("BYTES "):])
     assert by_dtype.get("int32", 0) > 40e6, f"the engine holds no packed 4-bit weights: {by_dtype}"
+
+
+def test_speed_sweep_sets_a_formats_environment_for_its_engine_only(tmp_path, monkeypatch):
+    """The Marlin row rules Machete out through VLLM_DISABLED_KERNELS: set while that engine starts (its engine
+    core is a fresh process that reads it), and gone before the next engine and after the sweep."""
+    import utils.serving.vllm_offline as vo
+    from utils.quant import serve
+    shape = tmp_path / "shape"
+    shape.mkdir()
+    (shape / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    seen = []
+    monkeypatch.delenv("VLLM_DISABLED_KERNELS", raising=False)
+    monkeypatch.setattr(vo, "make_llm", lambda **kw: seen.append((kw["model"], os.environ.get("VLLM_DISABLED_KERNELS"))))
+    monkeypatch.setattr(vo, "kv_capacity", lambda llm: {"kv_tokens": 1})
+    monkeypatch.setattr(vo, "shutdown", lambda llm: None)
+    monkeypatch.setattr(serve, "inspect_engine", lambda llm: {})
+    monkeypatch.setattr(serve, "decode_tok_s", lambda llm, b: {"batch": b, "decode_tok_s": 1.0})
+    out = serve.speed_sweep(shape, formats=("int4-w4a16", "int4-w4a16-marlin", "bf16"), batches=(1,), log=lambda s: None)
+    assert [env for _, env in seen] == [None, "MacheteLinearKernel", None]
+    assert seen[0][0] == seen[1][0] != seen[2][0]          # both INT4 rows load the same GPTQ folder
+    assert "VLLM_DISABLED_KERNELS" not in os.environ and set(out) == {"int4-w4a16", "int4-w4a16-marlin", "bf16"}
