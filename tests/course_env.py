@@ -24,6 +24,9 @@ def pytest_unconfigure(config):
 
 def pytest_terminal_summary(terminalreporter):
     """The slowest cells of each notebook run in a fresh kernel (the second-model pass), after pytest's durations."""
+    if getattr(terminalreporter.config, "_course_cells_reported", False):   # conftest re-imports this module
+        return
+    terminalreporter.config._course_cells_reported = True
     lines = []
     for rep in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
         for key, cells in getattr(rep, "user_properties", []):
