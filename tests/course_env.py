@@ -23,17 +23,31 @@ def pytest_unconfigure(config):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The slowest cells of each notebook run in a fresh kernel (the second-model pass), after pytest's durations."""
-    if getattr(terminalreporter.config, "_course_cells_reported", False):   # conftest re-imports this module
+    """Where the run's time went (the CI budget is tight): seconds per test file and per notebook, and the slowest
+    cells of each notebook run in its own kernel (the second-model pass)."""
+    if getattr(terminalreporter.config, "_course_time_reported", False):   # conftest re-imports this module
         return
-    terminalreporter.config._course_cells_reported = True
-    lines = []
-    for rep in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
-        for key, cells in getattr(rep, "user_properties", []):
+    terminalreporter.config._course_time_reported = True
+    reports = [r for key in ("passed", "failed", "skipped", "error") for r in terminalreporter.stats.get(key, [])
+               if hasattr(r, "duration") and hasattr(r, "nodeid")]
+    per_file, cells = {}, []
+    for rep in reports:
+        path = rep.nodeid.split("::")[0]
+        if "test_second_model.py" in path and "[" in rep.nodeid:      # one test per notebook: name it
+            path = "second model: " + rep.nodeid.split("[")[-1].rstrip("]")
+        per_file[path] = per_file.get(path, 0.0) + rep.duration
+        for key, value in getattr(rep, "user_properties", []):
             if key == "slowest_cells" and rep.when == "call":
-                lines.append(f"{rep.nodeid.split('[')[-1].rstrip(']')}: " +
-                             "; ".join(f"cell {i} {s:.0f} s ({first!r})" for i, s, first in cells))
-    if lines:
+                cells.append(f"{rep.nodeid.split('[')[-1].rstrip(']')}: " +
+                             "; ".join(f"cell {i} {sec:.0f} s ({first!r})" for i, sec, first in value))
+    if per_file:
+        terminalreporter.write_sep("=", "seconds per test file and notebook")
+        units = sum(v for k, v in per_file.items() if k.startswith("tests/"))
+        terminalreporter.write_line(f"unit tests (tests/*.py): {units:.0f} s")
+        for path, sec in sorted(per_file.items(), key=lambda kv: -kv[1]):
+            if not path.startswith("tests/") or sec >= 20:
+                terminalreporter.write_line(f"{sec:7.0f} s  {path}")
+    if cells:
         terminalreporter.write_sep("=", "slowest cells of the notebooks run in their own kernel")
-        for line in lines:
+        for line in cells:
             terminalreporter.write_line(line)
