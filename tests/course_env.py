@@ -32,13 +32,13 @@ def pytest_terminal_summary(terminalreporter):
                if hasattr(r, "duration") and hasattr(r, "nodeid")]
     per_file, cells = {}, []
     for rep in reports:
-        path = rep.nodeid.split("::")[0]
+        path, param = rep.nodeid.split("::")[0], rep.nodeid.split("[")[-1].rstrip("]")
         if "test_second_model.py" in path and "[" in rep.nodeid:      # one test per notebook: name it
-            path = "second model: " + rep.nodeid.split("[")[-1].rstrip("]")
+            path = "second model: " + param
         per_file[path] = per_file.get(path, 0.0) + rep.duration
         for key, value in getattr(rep, "user_properties", []):
             if key == "slowest_cells" and rep.when == "call":
-                cells.append(f"{rep.nodeid.split('[')[-1].rstrip(']')}: " +
+                cells.append(f"{param}: " +
                              "; ".join(f"cell {i} {sec:.0f} s ({first!r})" for i, sec, first in value))
     if per_file:
         terminalreporter.write_sep("=", "seconds per test file and notebook")

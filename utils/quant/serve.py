@@ -12,6 +12,7 @@ import shutil
 import statistics
 import time
 from pathlib import Path
+from unittest import mock
 
 
 def allow_inspection() -> None:
@@ -143,18 +144,10 @@ def speed_sweep(shape_dir: str | Path, formats=("bf16", "fp8", "int4-w4a16"), ba
                                                                                   256, *batches})})
         if spec["quantization"]:
             kw["quantization"] = spec["quantization"]
-        saved = {k: os.environ.get(k) for k in spec.get("env", {})}
-        os.environ.update(spec.get("env", {}))
-        try:
+        with mock.patch.dict(os.environ, spec.get("env", {})):      # the variables are for this engine only
             t0 = time.perf_counter()
             llm = make_llm(**kw)
             start_s = time.perf_counter() - t0
-        finally:                                   # the variable is for this engine only
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         try:
             info = inspect_engine(llm)
             cap = kv_capacity(llm)
