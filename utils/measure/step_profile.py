@@ -68,29 +68,22 @@ def profile_decode_step(model, batch: int = 1, context: int = 128, warmup: int =
     from torch.profiler import ProfilerActivity, profile
     from transformers import DynamicCache
 
-    from .forward_phases import random_ids
-    cuda = model.device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    from .forward_phases import random_ids, time_decode_step
+    from .timing import synchronize
+    device = str(model.device)
+    unprofiled = time_decode_step(model, batch, context, repeat=5, warmup=warmup)   # the same step, unprofiled
     ids, nxt = random_ids(model, batch, context), random_ids(model, batch, 1, seed=1)
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
         model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        for _ in range(warmup):
-            model(input_ids=nxt, past_key_values=cache, use_cache=True)
-            cache.crop(-1)
-        sync()
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            model(input_ids=nxt, past_key_values=cache, use_cache=True)
-            sync()
-            times.append((time.perf_counter() - t0) * 1e3)
-            cache.crop(-1)
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        model(input_ids=nxt, past_key_values=cache, use_cache=True)              # one warm step on this cache
+        cache.crop(-1)
+        synchronize(device)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
         with profile(activities=acts) as prof:
             t0 = time.perf_counter()
             model(input_ids=nxt, past_key_values=cache, use_cache=True)
-            sync()
+            synchronize(device)
             wall_ms = (time.perf_counter() - t0) * 1e3
     events = list(prof.events())
     host = [e for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
@@ -104,7 +97,7 @@ def profile_decode_step(model, batch: int = 1, context: int = 128, warmup: int =
                             for a in avg if a.key.startswith("aten::")][:top])
     kernel_iv = iv(kern)
     return StepProfile(device=str(model.device), batch=batch, context=context, wall_ms=wall_ms,
-                       unprofiled_ms=sorted(times)[len(times) // 2],
+                       unprofiled_ms=unprofiled.median * 1e3,
                        top_level_ops=len(top_level), aten_ops=len(host), kernels=len(kern),
                        gpu_busy_ms=_union_ms(kernel_iv), host_intervals=iv(top_level), kernel_intervals=kernel_iv,
                        top_ops=top_ops)
