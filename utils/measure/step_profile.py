@@ -96,7 +96,7 @@ def profile_decode_step(model, batch: int = 1, context: int = 128, warmup: int =
                              "GPU ms": getattr(a, "self_device_time_total", 0.0) / 1e3}
                             for a in avg if a.key.startswith("aten::")][:top])
     kernel_iv = iv(kern)
-    return StepProfile(device=str(model.device), batch=batch, context=context, wall_ms=wall_ms,
+    return StepProfile(device=device, batch=batch, context=context, wall_ms=wall_ms,
                        unprofiled_ms=unprofiled.median * 1e3,
                        top_level_ops=len(top_level), aten_ops=len(host), kernels=len(kern),
                        gpu_busy_ms=_union_ms(kernel_iv), host_intervals=iv(top_level), kernel_intervals=kernel_iv,
