@@ -37,6 +37,15 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity (a container's limit, or the one core a parallel test worker is
+    pinned to), not the machine's total that os.cpu_count() reports. Thread counts should follow this."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):       # no affinity API (macOS)
+        return os.cpu_count() or 1
+
+
 def environment() -> dict:
     """Machine + versions as a flat dict (JSON-friendly)."""
     import psutil
@@ -46,6 +55,7 @@ def environment() -> dict:
         "platform": platform.platform(),
         "cpu": _cpu_name(),
         "cpu_cores": os.cpu_count(),
+        **({"usable_cpus": usable_cpus()} if usable_cpus() != os.cpu_count() else {}),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
     }
     for pkg in _PACKAGES:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..measure.provenance import usable_cpus
 from .process import ServerProcess, free_port
 
 BACKENDS = ("xllamacpp", "llama_server", "llama_cpp_python")
@@ -129,7 +130,7 @@ def llamacpp_command(gguf, port: int, *, host: str = "127.0.0.1", alias: str = "
                      backend: str | None = None) -> list[str]:
     """The command line of one server. n_ctx is per request (slot); llama.cpp splits its context among slots."""
     backend = backend or llamacpp_backend()
-    threads = threads or os.cpu_count() or 1
+    threads = threads or usable_cpus()
     if backend == "xllamacpp":
         return [sys.executable, "-m", "utils.serving.llamacpp_server", "--model", str(gguf), "--host", host,
                 "--port", str(port), "--alias", alias, "--n-ctx", str(n_ctx), "--parallel", str(parallel),
@@ -225,7 +226,7 @@ def main(argv=None) -> None:
     p.n_parallel = a.parallel or 4
     p.n_ctx = (a.n_ctx or 2048) * p.n_parallel               # the context is shared by the slots
     p.n_gpu_layers = a.n_gpu_layers or 0
-    p.cpuparams.n_threads = p.cpuparams_batch.n_threads = a.threads or os.cpu_count() or 1
+    p.cpuparams.n_threads = p.cpuparams_batch.n_threads = a.threads or usable_cpus()
     p.endpoint_metrics = True                                 # Prometheus /metrics
     p.n_threads_http = 2 * p.n_parallel + 8                   # one HTTP thread per open connection (keep-alive)
     server = xlc.Server(p)                                    # loads the model, then serves in its own threads
