@@ -40,3 +40,22 @@ def test_save_results_writes_provenance(tmp_path, monkeypatch):
 def test_device_label():
     assert provenance.device_label({"gpu": "NVIDIA H200"}) == "NVIDIA H200"
     assert provenance.device_label({"cpu": "X", "cpu_cores": 2}) == "CPU: X (2 cores)"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="no CPU affinity API on this OS")
+def test_usable_cpus_follows_the_affinity_not_the_machine():
+    """A process pinned to one CPU (as each half of the test run is) must size its threads for one, whatever
+    os.cpu_count() says."""
+    import os
+    import subprocess
+    import sys
+    one = sorted(os.sched_getaffinity(0))[:1]
+    code = ("import os, sys; os.sched_setaffinity(0, {%d}); sys.path.insert(0, %r); "
+            "from utils.measure.provenance import usable_cpus, environment; "
+            "print(usable_cpus(), os.cpu_count(), environment().get('usable_cpus'))") % (
+        one[0], str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    usable, total, reported = out.stdout.split()
+    assert usable == "1"
+    assert reported == ("None" if total == "1" else "1")      # the environment names the share only when it differs
