@@ -49,13 +49,14 @@ def usable_cpus() -> int:
 def environment() -> dict:
     """Machine + versions as a flat dict (JSON-friendly)."""
     import psutil
+    usable = usable_cpus()
     env = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": _cpu_name(),
         "cpu_cores": os.cpu_count(),
-        **({"usable_cpus": usable_cpus()} if usable_cpus() != os.cpu_count() else {}),
+        **({"usable_cpus": usable} if usable != os.cpu_count() else {}),
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
     }
     for pkg in _PACKAGES:
