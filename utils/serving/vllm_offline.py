@@ -118,6 +118,18 @@ def make_llm(**kw):
     return LLM(**kw)
 
 
+def engine_prefill_seconds(request_output) -> float | None:
+    """The engine's own prefill time of one request: first token out minus first scheduled, both engine-core
+    timestamps (vLLM's `vllm:request_prefill_time_seconds`). Unlike a wall-clock TTFT around `LLM.generate` it
+    leaves out input processing, queueing and output handling. None when the engine keeps no per-request stats
+    (build it with disable_log_stats=False)."""
+    m = getattr(request_output, "metrics", None)
+    first, scheduled = getattr(m, "first_token_ts", 0.0), getattr(m, "scheduled_ts", 0.0)
+    if not first or not scheduled:
+        return None
+    return first - scheduled
+
+
 def kv_capacity(llm) -> dict:
     """How much KV cache the engine got: blocks, tokens per block, tokens, and how many max-length requests fit."""
     vc = llm.llm_engine.vllm_config
