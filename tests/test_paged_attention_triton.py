@@ -12,7 +12,7 @@ SCRIPT = textwrap.dedent("""
     import os, torch
     os.environ["TRITON_INTERPRET"] = "1"          # must be set before the kernel is defined
     from utils.kv.paged_attention import reference_attention
-    from utils.kv.paged_attention_triton import paged_decode_attention_triton
+    from utils.kv.paged_attention_triton import paged_decode_attention_triton, paged_decode_attention_split_k
     from tests.paged_setup import ragged_paged_case
     torch.manual_seed(0)
     for heads, kv_heads, block in ((4, 4, 4), (9, 3, 16), (8, 1, 8)):
@@ -20,8 +20,18 @@ SCRIPT = textwrap.dedent("""
         q, cache, m, ks, vs = ragged_paged_case(heads, kv_heads, block, lens)
         out = paged_decode_attention_triton(q, cache.k[0], cache.v[0], m.block_table_tensor(range(len(lens))),
                                             torch.tensor(lens))
-        for i in range(len(lens)):
-            torch.testing.assert_close(out[i], reference_attention(q[i:i + 1], ks[i], vs[i])[0], atol=1e-5, rtol=1e-4)
+        tables = m.block_table_tensor(range(len(lens)))
+        # split-K: one chunk (= the plain kernel), uneven chunks, more chunks than a short sequence has blocks
+        outs = [out] + [paged_decode_attention_split_k(q, cache.k[0], cache.v[0], tables, torch.tensor(lens),
+                                                       num_splits=s) for s in (1, 3, 16)]
+        for o in outs:
+            for i in range(len(lens)):
+                torch.testing.assert_close(o[i], reference_attention(q[i:i + 1], ks[i], vs[i])[0], atol=1e-5, rtol=1e-4)
+    try:
+        paged_decode_attention_split_k(q, cache.k[0], cache.v[0], tables, torch.tensor(lens), num_splits=-1)
+        raise AssertionError("num_splits=-1 was accepted")
+    except ValueError as e:
+        assert "num_splits" in str(e)
     print("OK")
 """)
 
