@@ -59,7 +59,7 @@ def roofline(peak_flops: float, bandwidth: float, points: list[dict], title: str
             label=f"roof: {bandwidth / 1e9:,.0f} GB/s, {peak_flops / 1e12:,.1f} TFLOP/s (measured)")
     ax.axvline(ridge, color="gray", ls=":", lw=1)
     ax.annotate(f"ridge {ridge:,.0f} FLOP/B", (ridge, peak_flops / 1e12), textcoords="offset points",
-                xytext=(5, -14), fontsize=8, color="gray")
+                xytext=(5, -14), fontsize=9, color="gray")
     for i, p in enumerate(points):
         roof = min(peak_flops, bandwidth * p["intensity"])
         ax.scatter(p["intensity"], p["flops"] / 1e12, s=45, marker=p.get("marker", "o"),
@@ -72,4 +72,4 @@ def roofline(peak_flops: float, bandwidth: float, points: list[dict], title: str
 def bar_labels(ax, bars, fmt: str = "{:.1f}") -> None:
     for b in bars:
         ax.annotate(fmt.format(b.get_height()), (b.get_x() + b.get_width() / 2, b.get_height()),
-                    ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+                    ha="center", va="bottom", fontsize=9, xytext=(0, 2), textcoords="offset points")
