@@ -5,7 +5,8 @@
     slo_table(runs, {"ttft": 500, "tpot": 50}, dollars_per_hour=3.5)
 
 Each level sends `make_requests(c, seed)` with c requests in flight and /metrics polled in the background;
-`little_check` compares the concurrency the server actually held with Little's law (L = throughput x latency).
+`little_check` compares the concurrency the server actually held with Little's law (L = throughput x latency);
+`steady_state` measures the part of each level between ramp-up and drain.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def sweep(base_url: str, model: str, levels, make_requests, *, seconds: float | 
             res = run_benchmark(base_url, model, make_requests(c, seed + c), concurrency=c,
                                 warmup=min(c, 4) if warmup is None else warmup, max_seconds=seconds, api=api)
             phases.append((c, t_start, poller.mark() if poller else 0.0))
-            rows.append({**res.summary(), **little_check(res)})
+            rows.append({**res.summary(), **little_check(res), **steady_state(res)})
             runs[c] = res
     finally:
         if poller:
@@ -55,6 +56,36 @@ def little_check(res) -> dict:
     return {"littles_L": in_flight,
             "littles_L_over_c": in_flight / res.config["concurrency"] if res.config.get("concurrency") else math.nan,
             "merged_chunk_fraction": 1 - chunks / tokens if tokens else math.nan}
+
+
+def steady_state(res) -> dict:
+    """The run between ramp-up and drain. A closed-loop level starts with all c requests at once (a burst of
+    prefills) and ends with fewer and fewer in flight; in between, each finished request is replaced at once. The
+    window runs from the first completion (the first refill) to the last dispatch. Within it: output tokens per
+    second (chunks that arrived in the window, each carrying its request's average tokens per chunk), the mean
+    number in flight (should be ~c), and median TTFT / TPOT of the requests sent inside it."""
+    import numpy as np
+    ok = [r for r in res.results if r.success and r.output_tokens > 0]
+    nan = {"steady_window_s": math.nan, "steady_output_throughput": math.nan, "steady_in_flight_over_c": math.nan,
+           "steady_requests": 0, "steady_median_ttft_ms": math.nan, "steady_median_tpot_ms": math.nan}
+    if not ok:
+        return nan
+    t0 = min(r.finished_at_s for r in ok)
+    t1 = max(r.sent_at_s for r in ok)
+    if t1 - t0 <= 0:                  # every request was sent before the first one finished: no steady part
+        return nan
+    tokens = 0.0
+    for r in ok:
+        per_chunk = r.output_tokens / max(len(r.chunk_at_s), 1)
+        tokens += per_chunk * sum(t0 <= r.sent_at_s + c <= t1 for c in r.chunk_at_s)
+    in_flight = sum(max(0.0, min(r.finished_at_s, t1) - max(r.sent_at_s, t0)) for r in ok) / (t1 - t0)
+    inside = [r for r in ok if t0 <= r.sent_at_s <= t1]
+    conc = res.config.get("concurrency")
+    return {"steady_window_s": t1 - t0, "steady_output_throughput": tokens / (t1 - t0),
+            "steady_in_flight_over_c": in_flight / conc if conc else math.nan, "steady_requests": len(inside),
+            "steady_median_ttft_ms": float(np.median([r.ttft_s for r in inside])) * 1e3 if inside else math.nan,
+            "steady_median_tpot_ms": float(np.nanmedian([r.tpot_s for r in inside])) * 1e3
+            if any(r.output_tokens > 1 for r in inside) else math.nan}
 
 
 def find_knee(df, x: str = "concurrency", throughput: str = "output_throughput",
