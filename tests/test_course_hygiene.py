@@ -60,3 +60,19 @@ def test_no_widget_progress_bars(path):
     if path.name == "test_course_hygiene.py":
         return
     assert "tqdm.auto" not in _source(path), f"{path.name}: use `from tqdm import tqdm` (text bars)"
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("0*.ipynb")), ids=lambda p: p.name)
+def test_every_notebook_is_valid_and_ready_for_a_classroom(path):
+    import warnings
+    import nbformat
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                 # a cell without an id is a warning today, an error later
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+    md = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert "## Takeaways" in md, f"{path.name}: no Takeaways cell"
+    assert re.search(r"\*\*Next[:*]", md), f"{path.name}: no Next link"
+    checkers = [s for s in code if re.search(r"\bdef my_\w+|# YOUR CODE|raise NotImplementedError", s)]
+    assert len(checkers) >= 2, f"{path.name}: {len(checkers)} exercise cells with a checker (2-4 expected)"
