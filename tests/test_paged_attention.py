@@ -88,3 +88,44 @@ def test_decode_step_times_times_every_engine_and_frees_them(course_model):
     t = decode_step_times(engines, [[100, 101, 102], [200, 201]], steps=3, warmup=1)
     assert set(t) == {"paged", "contiguous"} and all(len(x.samples) == 3 and x.min > 0 for x in t.values())
     assert engines["paged"].manager.tables == {} and engines["contiguous"].rows == {}
+
+
+def test_static_decode_step_equals_the_engines_own_decode(course_model, course_tokenizer):
+    """The fixed-shape step that notebook 01 captures in a CUDA graph computes what engine.decode computes: same
+    logits, step after step, for both caches (run eagerly here; the notebook checks the replayed graph on a GPU)."""
+    from utils.kv.decode_engines import ContiguousEngine, PagedEngine
+    from utils.kv.graphed_decode import StaticDecode
+    model, tok = course_model, course_tokenizer
+    prompts = [tok(p)["input_ids"] for p in ("The capital of France is", "def add(a, b):\n   ", "Hi")]
+    ids = list(range(len(prompts)))
+    for make in (lambda: PagedEngine(model, num_blocks=24, block_size=4), lambda: ContiguousEngine(model, 3, 40)):
+        eager, static = make(), make()
+        nxt = {}
+        for eng in (eager, static):
+            nxt[id(eng)] = [int(eng.prefill(i, p).argmax()) for i, p in zip(ids, prompts)]
+        runner = StaticDecode(static, batch=len(prompts), max_len=32)
+        for _ in range(4):
+            want = eager.decode(ids, nxt[id(eager)])
+            got = runner.step(ids, nxt[id(static)])
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+            nxt[id(eager)] = want.argmax(-1).tolist()
+            nxt[id(static)] = got.argmax(-1).tolist()
+        with pytest.raises(ValueError, match="fixed batch"):
+            runner.step(ids[:2], [1, 2])
+    with pytest.raises(ValueError, match="max_len"):
+        StaticDecode(ContiguousEngine(model, 1, 16), batch=1, max_len=32)
+
+
+def test_graphed_greedy_and_step_times_on_cpu(course_model, course_tokenizer):
+    from utils.kv.decode_engines import ContiguousEngine, PagedEngine, greedy_generate
+    from utils.kv.graphed_decode import graphed_greedy, graphed_step_times
+    model, tok = course_model, course_tokenizer
+    prompts = [tok(p)["input_ids"] for p in ("The capital of France is", "Hi")]
+    want, _ = greedy_generate(PagedEngine(model, num_blocks=16, block_size=4), prompts, 4)
+    assert graphed_greedy(PagedEngine(model, num_blocks=16, block_size=4), prompts, 4, max_len=24) == want
+    assert graphed_greedy(ContiguousEngine(model, 2, 24), prompts, 4, max_len=24) == want
+    engines = {"paged": PagedEngine(model, num_blocks=16, block_size=4), "contiguous": ContiguousEngine(model, 2, 24)}
+    t = graphed_step_times(engines, prompts, steps=3, max_len=24, warmup=1)
+    for name in engines:
+        assert len(t[name]["device"].samples) == 3 and t[name]["step"].median >= t[name]["device"].median > 0
+    assert engines["contiguous"].rows == {} and engines["paged"].manager.num_used_blocks == 0
