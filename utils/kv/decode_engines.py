@@ -85,8 +85,8 @@ class PagedEngine:
     def fork(self, parent_id: int, child_id: int) -> None:
         self.manager.fork(parent_id, child_id)
 
-    def decode(self, seq_ids: list[int], token_ids: list[int]) -> torch.Tensor:
-        """Append one token to each sequence and return next-token logits [batch, vocab]."""
+    def append_slots(self, seq_ids: list[int]) -> list[int]:
+        """Room for one more token in each sequence: its slot, after any copy-on-write the block manager asks for."""
         slots = []
         for s in seq_ids:
             slot, copy = self.manager.append_slot(s)
@@ -94,6 +94,11 @@ class PagedEngine:
                 self.cache.copy_block(*copy)
                 self.copies += 1
             slots.append(slot)
+        return slots
+
+    def decode(self, seq_ids: list[int], token_ids: list[int]) -> torch.Tensor:
+        """Append one token to each sequence and return next-token logits [batch, vocab]."""
+        slots = self.append_slots(seq_ids)
         dev = self.device
         lens = torch.tensor([self.num_tokens(s) for s in seq_ids], device=dev)
         tables = self.manager.block_table_tensor(seq_ids).to(dev)

@@ -59,13 +59,7 @@ class StaticDecode:
             raise ValueError(f"a captured step has a fixed batch of {self.batch}, got {len(seq_ids)} sequences")
         e = self.engine
         if self.paged:
-            slots = []
-            for s in seq_ids:
-                slot, copy = e.manager.append_slot(s)
-                if copy is not None:
-                    e.cache.copy_block(*copy)
-                    e.copies += 1
-                slots.append(slot)
+            slots = e.append_slots(seq_ids)
             lens = [e.num_tokens(s) for s in seq_ids]
             table = e.manager.block_table_tensor(seq_ids)
             self.tables.zero_()

@@ -59,20 +59,24 @@ if AVAILABLE:
                  out.to(out_ptr.dtype.element_ty), mask=gmask[:, None])
 
 
+def _prepare(q, k_cache, v_cache, block_tables, context_lens):
+    """Checks shared by both kernels; returns q, int32 tables and lengths, ready for a launch."""
+    if not AVAILABLE:
+        raise RuntimeError("Triton is not installed: use utils.paged_attention.paged_decode_attention instead")
+    if k_cache.stride() != v_cache.stride() or k_cache.stride(3) != 1:
+        raise ValueError("k_cache and v_cache need the same layout with head_dim contiguous")
+    return (q.contiguous(), block_tables.to(torch.int32).contiguous(),
+            context_lens.to(device=q.device, dtype=torch.int32).contiguous())
+
+
 def paged_decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                                   block_tables: torch.Tensor, context_lens: torch.Tensor,
                                   scale: float | None = None) -> torch.Tensor:
     """Same contract as utils.paged_attention.paged_decode_attention (q [batch, heads, D], caches
     [num_blocks, B, kv_heads, D], block_tables [batch, max_blocks], context_lens [batch], every length >= 1)."""
-    if not AVAILABLE:
-        raise RuntimeError("Triton is not installed: use utils.paged_attention.paged_decode_attention instead")
+    q, tables, lens = _prepare(q, k_cache, v_cache, block_tables, context_lens)
     n, heads, d = q.shape
     _, block, kv_heads, _ = k_cache.shape
-    if k_cache.stride() != v_cache.stride() or k_cache.stride(3) != 1:
-        raise ValueError("k_cache and v_cache need the same layout with head_dim contiguous")
-    q = q.contiguous()
-    tables = block_tables.to(torch.int32).contiguous()
-    lens = context_lens.to(device=q.device, dtype=torch.int32).contiguous()
     out = torch.empty_like(q)
     group = heads // kv_heads
     _paged_decode_kernel[(n, kv_heads)](
@@ -148,20 +152,14 @@ def paged_decode_attention_split_k(q: torch.Tensor, k_cache: torch.Tensor, v_cac
                                    scale: float | None = None, num_splits: int | None = None) -> torch.Tensor:
     """paged_decode_attention_triton with each sequence's blocks split into `num_splits` chunks attended in
     parallel and merged by a second kernel (flash-decoding). Same contract and result."""
-    if not AVAILABLE:
-        raise RuntimeError("Triton is not installed: use utils.paged_attention.paged_decode_attention instead")
+    q, tables, lens = _prepare(q, k_cache, v_cache, block_tables, context_lens)
     n, heads, d = q.shape
     _, block, kv_heads, _ = k_cache.shape
-    if k_cache.stride() != v_cache.stride() or k_cache.stride(3) != 1:
-        raise ValueError("k_cache and v_cache need the same layout with head_dim contiguous")
-    max_blocks = block_tables.shape[1]
+    max_blocks = tables.shape[1]
     splits = num_splits or default_num_splits(n, kv_heads, max_blocks, q.device)
     if splits < 1:
         raise ValueError(f"num_splits must be >= 1, got {splits}")
     per_split = -(-max_blocks // splits)
-    q = q.contiguous()
-    tables = block_tables.to(torch.int32).contiguous()
-    lens = context_lens.to(device=q.device, dtype=torch.int32).contiguous()
     m = torch.empty(n, heads, splits, device=q.device, dtype=torch.float32)
     l = torch.empty_like(m)
     acc = torch.empty(n, heads, splits, d, device=q.device, dtype=torch.float32)
