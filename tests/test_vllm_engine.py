@@ -52,3 +52,13 @@ def test_missing_or_wrong_vllm_names_the_install_command(monkeypatch):
     monkeypatch.setattr(ve, "on_gpu", lambda: False)
     with pytest.raises(ImportError, match="CUDA build of vLLM .* without an NVIDIA GPU"):
         ve.require_vllm()
+
+
+def test_engine_prefill_seconds_reads_the_engine_timestamps():
+    from types import SimpleNamespace as NS
+    from utils.serving.vllm_offline import engine_prefill_seconds
+    out = NS(metrics=NS(scheduled_ts=100.25, first_token_ts=100.75, arrival_time=1.7e9))
+    assert engine_prefill_seconds(out) == 0.5
+    # no per-request stats (disable_log_stats=True), or a request not yet scheduled: None, never a made-up 0
+    assert engine_prefill_seconds(NS(metrics=None)) is None
+    assert engine_prefill_seconds(NS(metrics=NS(scheduled_ts=0.0, first_token_ts=3.0))) is None
