@@ -44,6 +44,11 @@ def test_results_record_commit_dirty_flag_and_settings(monkeypatch, tmp_path):
     assert re.fullmatch(r"[0-9a-f]{40}", doc["provenance"]["git_commit"])
     assert isinstance(doc["provenance"]["git_dirty"], bool)
     assert doc["settings"]["batch"] == 8 and doc["settings"]["COURSE_QUICK"] == "1"
+    assert "source_commit" not in doc["provenance"]
+    # a copied tree run on another machine: the copier names the commit its files came from
+    monkeypatch.setenv("COURSE_SOURCE_COMMIT", "0123abc")
+    doc = json.loads(provenance.save_results("99_x.ipynb", {}, quiet=True).read_text())
+    assert doc["provenance"]["source_commit"] == "0123abc"
 
 
 @pytest.mark.parametrize("path", _tracked(".py", ".md", ".ipynb", ".sh", ".txt"), ids=lambda p: p.name)

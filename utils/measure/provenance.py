@@ -115,7 +115,12 @@ def git_state(cwd: str | os.PathLike | None = None) -> dict:
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {}
-    return {"git_commit": commit, "git_dirty": bool(dirty)} if commit else {}
+    state = {"git_commit": commit, "git_dirty": bool(dirty)} if commit else {}
+    # a copy of a working tree run elsewhere (a lent GPU machine) can carry an older .git: whoever copied it names
+    # the commit the files really came from
+    if os.environ.get("COURSE_SOURCE_COMMIT"):
+        state["source_commit"] = os.environ["COURSE_SOURCE_COMMIT"]
+    return state
 
 
 def _jsonable(x):
