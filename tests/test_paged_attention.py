@@ -112,6 +112,10 @@ def test_static_decode_step_equals_the_engines_own_decode(course_model, course_t
             nxt[id(static)] = got.argmax(-1).tolist()
         with pytest.raises(ValueError, match="fixed batch"):
             runner.step(ids[:2], [1, 2])
+        before = [static.num_tokens(i) for i in ids]
+        with pytest.raises(ValueError, match="captured bound"):          # refused before any bookkeeping
+            StaticDecode(static, batch=len(prompts), max_len=max(before)).step(ids, [1, 2, 3])
+        assert [static.num_tokens(i) for i in ids] == before
     with pytest.raises(ValueError, match="max_len"):
         StaticDecode(ContiguousEngine(model, 1, 16), batch=1, max_len=32)
 

@@ -37,7 +37,7 @@ class StaticDecode:
         else:
             if max_len > engine.max_len:
                 raise ValueError(f"max_len {max_len} exceeds the contiguous engine's rows ({engine.max_len})")
-            self.rows = torch.zeros(batch, dtype=torch.long, device=dev)
+            self.rows = torch.arange(batch, device=dev)          # the step reads rows 0..batch-1, always
         self.graph, self.logits = None, None
 
     def _attend(self, layer, q, k, v):
@@ -58,9 +58,11 @@ class StaticDecode:
         if len(seq_ids) != self.batch:
             raise ValueError(f"a captured step has a fixed batch of {self.batch}, got {len(seq_ids)} sequences")
         e = self.engine
+        lens = [e.num_tokens(s) + 1 for s in seq_ids]
+        if max(lens) > self.max_len:                             # checked before any bookkeeping changes
+            raise ValueError(f"a sequence reached {max(lens)} tokens, past the captured bound max_len={self.max_len}")
         if self.paged:
             slots = e.append_slots(seq_ids)
-            lens = [e.num_tokens(s) for s in seq_ids]
             table = e.manager.block_table_tensor(seq_ids)
             self.tables.zero_()
             self.tables[:, :table.shape[1]].copy_(table)
@@ -70,12 +72,8 @@ class StaticDecode:
             if rows != list(range(self.batch)):
                 raise ValueError("the contiguous step reads rows 0..batch-1 as one view: prefill the sequences in "
                                  f"order into a fresh engine (their rows are {rows})")
-            lens = [e.lens[s] + 1 for s in seq_ids]
-            self.rows.copy_(torch.tensor(rows))
             for s in seq_ids:
                 e.lens[s] += 1
-        if max(lens) > self.max_len:
-            raise ValueError(f"a sequence reached {max(lens)} tokens, past the captured bound max_len={self.max_len}")
         self.lens.copy_(torch.tensor(lens))
         self.pos.copy_(self.lens - 1)
         self.ids.copy_(torch.tensor(token_ids))
