@@ -26,21 +26,16 @@ AVAILABLE = triton is not None
 
 if AVAILABLE:
     @triton.jit
-    def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, scale,
-                             stride_qn, stride_qh, stride_kb, stride_ks, stride_kh, stride_tn,
-                             stride_on, stride_oh,
-                             GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK: tl.constexpr,
-                             D: tl.constexpr):
-        seq, kvh = tl.program_id(0), tl.program_id(1)
-        length = tl.load(lens_ptr + seq)
-        g, s, d = tl.arange(0, GROUP_PAD), tl.arange(0, BLOCK), tl.arange(0, D)
-        heads, gmask = kvh * GROUP + g, g < GROUP                    # the query heads served by this KV head
-        q = tl.load(q_ptr + seq * stride_qn + heads[:, None] * stride_qh + d[None, :],
-                    mask=gmask[:, None], other=0.0).to(tl.float32)  # [G, D]
+    def _attend_blocks(q, k_ptr, v_ptr, tables_ptr, seq, kvh, length, first, last, scale,
+                       stride_kb, stride_ks, stride_kh, stride_tn,
+                       GROUP_PAD: tl.constexpr, BLOCK: tl.constexpr, D: tl.constexpr):
+        # Online softmax of q [G, D] over logical blocks first..last-1 of one sequence's table, for one KV head:
+        # (running max, denominator, weighted sum of V). Both kernels are this loop over different ranges.
+        s, d = tl.arange(0, BLOCK), tl.arange(0, D)
         m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)         # running max of the scores
         l_i = tl.zeros([GROUP_PAD], tl.float32)                       # running softmax denominator
         acc = tl.zeros([GROUP_PAD, D], tl.float32)                    # running weighted sum of V
-        for j in range(0, tl.cdiv(length, BLOCK)):
+        for j in range(first, last):
             block = tl.load(tables_ptr + seq * stride_tn + j).to(tl.int64)   # logical block j -> physical block
             valid = j * BLOCK + s < length
             offs = block * stride_kb + kvh * stride_kh + s[:, None] * stride_ks + d[None, :]
@@ -54,6 +49,22 @@ if AVAILABLE:
             l_i = l_i * alpha + tl.sum(p, axis=1)
             acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
             m_i = m_new
+        return m_i, l_i, acc
+
+    @triton.jit
+    def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, scale,
+                             stride_qn, stride_qh, stride_kb, stride_ks, stride_kh, stride_tn,
+                             stride_on, stride_oh,
+                             GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK: tl.constexpr,
+                             D: tl.constexpr):
+        seq, kvh = tl.program_id(0), tl.program_id(1)
+        length = tl.load(lens_ptr + seq)
+        g, d = tl.arange(0, GROUP_PAD), tl.arange(0, D)
+        heads, gmask = kvh * GROUP + g, g < GROUP                    # the query heads served by this KV head
+        q = tl.load(q_ptr + seq * stride_qn + heads[:, None] * stride_qh + d[None, :],
+                    mask=gmask[:, None], other=0.0).to(tl.float32)  # [G, D]
+        m_i, l_i, acc = _attend_blocks(q, k_ptr, v_ptr, tables_ptr, seq, kvh, length, 0, tl.cdiv(length, BLOCK),
+                                       scale, stride_kb, stride_ks, stride_kh, stride_tn, GROUP_PAD, BLOCK, D)
         out = acc / l_i[:, None]
         tl.store(out_ptr + seq * stride_on + heads[:, None] * stride_oh + d[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=gmask[:, None])
@@ -98,27 +109,12 @@ if AVAILABLE:
         length = tl.load(lens_ptr + seq)
         first = split * BLOCKS_PER_SPLIT                             # this program's chunk of the block table
         last = tl.minimum(first + BLOCKS_PER_SPLIT, tl.cdiv(length, BLOCK))
-        g, s, d = tl.arange(0, GROUP_PAD), tl.arange(0, BLOCK), tl.arange(0, D)
+        g, d = tl.arange(0, GROUP_PAD), tl.arange(0, D)
         heads, gmask = kvh * GROUP + g, g < GROUP
         q = tl.load(q_ptr + seq * stride_qn + heads[:, None] * stride_qh + d[None, :],
                     mask=gmask[:, None], other=0.0).to(tl.float32)
-        m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-        l_i = tl.zeros([GROUP_PAD], tl.float32)
-        acc = tl.zeros([GROUP_PAD, D], tl.float32)
-        for j in range(first, last):                                  # the same online softmax, over the chunk only
-            block = tl.load(tables_ptr + seq * stride_tn + j).to(tl.int64)
-            valid = j * BLOCK + s < length
-            offs = block * stride_kb + kvh * stride_kh + s[:, None] * stride_ks + d[None, :]
-            k = tl.load(k_ptr + offs, mask=valid[:, None], other=0.0).to(tl.float32)
-            v = tl.load(v_ptr + offs, mask=valid[:, None], other=0.0).to(tl.float32)
-            scores = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * scale
-            scores = tl.where(valid[None, :], scores, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-            p = tl.exp(scores - m_new[:, None])
-            alpha = tl.exp(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
-            m_i = m_new
+        m_i, l_i, acc = _attend_blocks(q, k_ptr, v_ptr, tables_ptr, seq, kvh, length, first, last,   # this chunk
+                                       scale, stride_kb, stride_ks, stride_kh, stride_tn, GROUP_PAD, BLOCK, D)
         row = (seq * NUM_HEADS + heads) * NUM_SPLITS + split          # partials laid out [seq, head, split]
         tl.store(m_ptr + row, m_i, mask=gmask)                        # an empty chunk stores (-inf, 0, 0)
         tl.store(l_ptr + row, l_i, mask=gmask)
