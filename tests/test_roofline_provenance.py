@@ -21,6 +21,25 @@ def test_forward_cost_decode_intensity_tracks_batch():
     assert with_kv.intensity < many.intensity               # the KV cache adds bytes, not FLOPs
 
 
+def test_forward_cost_counts_the_embedding_as_a_gather_and_the_head_per_logit_row():
+    n, table = 1_000, 300
+    kw = dict(weight_bytes_per_param=2, kv_bytes_per_token=0, batch=2, new_tokens=8, context=0)
+    assert roofline.forward_cost(n, **kw).flops == 2 * n * 16                  # no table given: every param per token
+    tied = roofline.forward_cost(n, **kw, embedding_params=table, logit_tokens=2)
+    assert tied.flops == 2 * (n - table) * 16 + 2 * table * 2                 # body per token, head per logit row
+    untied = roofline.forward_cost(n, **kw, embedding_params=table, tied_embeddings=False, logit_tokens=2)
+    assert untied.flops == 2 * (n - 2 * table) * 16 + 2 * table * 2           # input table and head both in n
+    assert tied.bytes == untied.bytes == roofline.forward_cost(n, **kw).bytes  # bytes: the whole model, as before
+    with pytest.raises(ValueError):
+        roofline.forward_cost(n, **kw, embedding_params=600, tied_embeddings=False)
+
+
+def test_forward_cost_attention_is_causal_over_the_new_tokens():
+    kw = dict(n_params=0, weight_bytes_per_param=2, kv_bytes_per_token=0, attn_flops_per_token_per_ctx=1.0)
+    assert roofline.forward_cost(**kw, batch=3, new_tokens=4, context=0).flops == 3 * (1 + 2 + 3 + 4)
+    assert roofline.forward_cost(**kw, batch=3, new_tokens=1, context=10).flops == 3 * 11   # cache + itself
+
+
 def test_measured_ceilings_are_positive_and_plausible_on_cpu():
     bw = roofline.measure_bandwidth("cpu", nbytes=64 << 20, repeat=5)
     mm = roofline.measure_matmul_flops("cpu", n=256, repeat=5)

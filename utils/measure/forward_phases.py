@@ -50,11 +50,18 @@ def time_decode_step(model, batch: int, context: int, repeat: int = 10, warmup: 
 
 
 def phase_cost(config, n_params: int, dtype, batch: int, new_tokens: int, context: int) -> ForwardCost:
-    """FLOP and minimum bytes of one forward, from the config (no model needed: works for the 8B shape)."""
+    """FLOP and minimum bytes of one forward, from the config (no model needed: works for the 8B shape).
+
+    One logits row per sequence, as `time_prefill` (logits_to_keep=1) and `time_decode_step` compute.
+    `n_params` must count a tied embedding once (as model.parameters() and memory.param_count_from_config do).
+    """
     return forward_cost(n_params=n_params, weight_bytes_per_param=dtype_bytes(dtype),
                         kv_bytes_per_token=kv_cache_bytes_for(config, 1, dtype), batch=batch,
                         new_tokens=new_tokens, context=context,
-                        attn_flops_per_token_per_ctx=attention_flops_per_token_per_ctx(config))
+                        attn_flops_per_token_per_ctx=attention_flops_per_token_per_ctx(config),
+                        embedding_params=config.vocab_size * config.hidden_size,
+                        tied_embeddings=getattr(config, "tie_word_embeddings", False),   # memory.py's default too
+                        logit_tokens=batch)
 
 
 def sdpa_backend_comparison(model, batch: int = 1, context: int = 512, repeat: int = 10) -> list[dict]:

@@ -69,16 +69,29 @@ class ForwardCost:
 
 
 def forward_cost(n_params: int, weight_bytes_per_param: float, kv_bytes_per_token: float, batch: int,
-                 new_tokens: int, context: int, attn_flops_per_token_per_ctx: float = 0.0) -> ForwardCost:
+                 new_tokens: int, context: int, attn_flops_per_token_per_ctx: float = 0.0, *,
+                 embedding_params: int = 0, tied_embeddings: bool = True,
+                 logit_tokens: int | None = None) -> ForwardCost:
     """FLOP and minimum bytes of one forward pass over `batch` sequences of `new_tokens` each.
 
-    FLOP: 2 per parameter per token (one multiply-add), plus attention scores/values over the context.
+    FLOP: 2 per body parameter per token (one multiply-add). The input embedding is a gather (0 FLOP); the LM head
+    (`embedding_params` = vocab x hidden) costs 2 per parameter per position that gets logits (`logit_tokens`,
+    None = every token). `n_params` holds the table once if `tied_embeddings`, else the table plus an equal head.
+    Attention (QK^T, PV): each new token against the `context` cached tokens and, causally, the new ones up to itself.
     Bytes: every weight read once per pass (shared by the whole batch) + each sequence's KV read once
     + the new tokens' KV written. Activations are ignored (small next to weights at these sizes).
-    Prefill: new_tokens = prompt length, context ~ prompt. Decode: new_tokens = 1, context = KV length.
+    The input embedding table counts as read whole (a gather touches a few rows) so that weight bytes = model size.
+    Prefill: new_tokens = prompt length, context = 0. Decode: new_tokens = 1, context = KV length before the step.
     """
     tokens = batch * new_tokens
-    flops = 2 * n_params * tokens + attn_flops_per_token_per_ctx * tokens * context
+    logit_tokens = tokens if logit_tokens is None else logit_tokens
+    body_params = n_params - (1 if tied_embeddings else 2) * embedding_params
+    if body_params < 0:
+        raise ValueError(f"embedding_params={embedding_params:,} exceeds what n_params={n_params:,} can hold "
+                         f"({'tied' if tied_embeddings else 'untied'} embeddings)")
+    keys_per_sequence = new_tokens * context + new_tokens * (new_tokens + 1) // 2     # causal query-key pairs
+    flops = (2 * body_params * tokens + 2 * embedding_params * logit_tokens
+             + attn_flops_per_token_per_ctx * batch * keys_per_sequence)
     nbytes = n_params * weight_bytes_per_param + batch * (context + new_tokens) * kv_bytes_per_token
     return ForwardCost(flops, nbytes)
 
