@@ -21,6 +21,20 @@ def test_gpu_kwargs_use_memory_fraction_and_cuda_graphs():
     assert ve.engine_kwargs("/m", gpu=True, enforce_eager=True)["enforce_eager"] is True
 
 
+@pytest.mark.parametrize("gpu", [False, True])
+def test_server_kwargs_are_the_offline_ones_without_model_and_seed(gpu):
+    from utils.serving.vllm_server import VLLMServer
+    offline = ve.engine_kwargs("/m", gpu=gpu, max_num_seqs=8, seed=3)
+    server = ve.engine_kwargs("/m", gpu=gpu, max_num_seqs=8, seed=3, for_server=True)
+    assert offline["model"] == "/m" and offline["seed"] == 3          # LLM(**kw) still gets both
+    assert "model" not in server and "seed" not in server
+    assert server == {k: v for k, v in offline.items() if k not in ("model", "seed")}
+    cmd = VLLMServer("/m", **server).cmd                              # built, not started
+    assert cmd.count("--model") == 1 and "--seed" not in cmd
+    with pytest.raises(TypeError, match="model"):                     # why the offline form cannot be passed on
+        VLLMServer("/m", **offline)
+
+
 def test_unknown_engine_args_are_dropped_with_a_note(capsys):
     pytest.importorskip("vllm")
     kw = ve.engine_kwargs("/m", gpu=False, no_such_engine_argument=1)

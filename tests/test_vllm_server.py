@@ -218,8 +218,8 @@ def test_real_vllm_server_start_stop():
     from utils.models import resolve_model
     from utils.serving.vllm_offline import cpu_env_for, engine_kwargs
     from utils.measure.gpu import gpu_processes
-    kw = engine_kwargs(resolve_model(), max_model_len=512, kv_cache_bytes=64 << 20, enforce_eager=True)
-    model = kw.pop("model")
+    model = resolve_model()
+    kw = engine_kwargs(model, max_model_len=512, kv_cache_bytes=64 << 20, enforce_eager=True, for_server=True)
     with vllm_server.VLLMServer(model, served_model_name="smol", env_overrides=cpu_env_for(kw),
                        startup_timeout_s=300, **kw) as srv:
         r = httpx.post(srv.url("/v1/completions"), json={"model": "smol", "prompt": "Hello", "max_tokens": 4},

