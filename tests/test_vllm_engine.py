@@ -13,6 +13,20 @@ def test_cpu_kwargs_use_an_explicit_kv_budget_and_eager():
     assert ve.engine_kwargs("/m", gpu=False, kv_cache_bytes=64 << 20)["kv_cache_memory_bytes"] == 64 << 20
 
 
+def test_dtype_is_float32_on_cpu_bf16_on_gpu_and_can_be_overridden():
+    assert ve.engine_kwargs("/m", gpu=False)["dtype"] == ve.engine_dtype(False) == "float32"
+    assert ve.engine_kwargs("/m", gpu=False, dtype="bfloat16")["dtype"] == "bfloat16"
+    assert "dtype" not in ve.engine_kwargs("/m", gpu=True)      # the config's dtype (bf16 for the course's models)
+    assert ve.engine_dtype(True) == "bfloat16"
+
+
+def test_quantized_checkpoints_keep_vllms_16_bit_dtype_on_cpu(tmp_path):
+    (tmp_path / "config.json").write_text('{"quantization_config": {"quant_method": "gptq", "bits": 4}}')
+    assert "dtype" not in ve.engine_kwargs(str(tmp_path), gpu=False)   # float32 is refused for GPTQ by vLLM
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    assert ve.engine_kwargs(str(tmp_path), gpu=False)["dtype"] == "float32"
+
+
 def test_gpu_kwargs_use_memory_fraction_and_cuda_graphs():
     kw = ve.engine_kwargs("/m", gpu=True, gpu_memory_utilization=0.8)
     assert kw["gpu_memory_utilization"] == 0.8 and kw["enforce_eager"] is False
