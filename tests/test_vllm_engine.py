@@ -25,6 +25,7 @@ def test_quantized_checkpoints_keep_vllms_16_bit_dtype_on_cpu(tmp_path):
     assert "dtype" not in ve.engine_kwargs(str(tmp_path), gpu=False)   # float32 is refused for GPTQ by vLLM
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     assert ve.engine_kwargs(str(tmp_path), gpu=False)["dtype"] == "float32"
+    assert "dtype" not in ve.engine_kwargs(str(tmp_path), gpu=False, quantization="fp8")
 
 
 def test_gpu_kwargs_use_memory_fraction_and_cuda_graphs():

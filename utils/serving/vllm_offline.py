@@ -90,10 +90,10 @@ def engine_kwargs(model: str, *, max_model_len: int = 2048, gpu_memory_utilizati
 
     GPU: gpu_memory_utilization (default 0.5, leaving room for a server or a second engine), CUDA graphs on
     unless enforce_eager=True. CPU: enforce_eager=True and dtype float32 (`engine_dtype`: size KV bytes with it),
-    except for a quantized checkpoint, whose kernels need 16-bit activations (vLLM picks bf16); the KV cache gets
-    `kv_cache_bytes` (default 1 GiB) via kv_cache_memory_bytes -- the argument VLLM_CPU_KVCACHE_SPACE is
-    translated into. On GPU an explicit kv_cache_bytes replaces gpu_memory_utilization's
-    sizing. A `dtype` in extra overrides the default on either device.
+    except for a quantized checkpoint or a `quantization=` method, whose kernels need 16-bit activations (vLLM
+    picks bf16); the KV cache gets `kv_cache_bytes` (default 1 GiB) via kv_cache_memory_bytes -- the argument
+    VLLM_CPU_KVCACHE_SPACE is translated into. On GPU an explicit kv_cache_bytes replaces
+    gpu_memory_utilization's sizing. A `dtype` in extra overrides the default on either device.
     Arguments this vLLM does not know are dropped with a note (older/newer versions differ).
     """
     gpu = on_gpu() if gpu is None else gpu
@@ -106,7 +106,7 @@ def engine_kwargs(model: str, *, max_model_len: int = 2048, gpu_memory_utilizati
     else:
         kw["enforce_eager"] = True if enforce_eager is None else enforce_eager
         kw["kv_cache_memory_bytes"] = int(kv_cache_bytes or GiB)
-        if not _quantized_checkpoint(model):     # vLLM's quantized kernels take 16-bit activations only
+        if not (_quantized_checkpoint(model) or extra.get("quantization")):   # quantized kernels: 16-bit only
             kw["dtype"] = engine_dtype(gpu)
     if max_num_seqs:
         kw["max_num_seqs"] = max_num_seqs
