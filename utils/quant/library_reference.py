@@ -9,6 +9,7 @@ the library's see the same samples and are scored by the same code.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -37,7 +38,12 @@ def library_python() -> Path:
 
 def library_versions() -> dict[str, str]:
     """Versions in the library's venv, or LibraryUnavailable saying which command installs it."""
-    py = library_python()
+    return dict(_versions_of(str(library_python())))
+
+
+@functools.lru_cache(maxsize=None)   # one probe (an import of the library, seconds) per python, not one per run
+def _versions_of(python: str) -> tuple:
+    py = Path(python)
     probe = ("import json; from importlib.metadata import version as v; import llmcompressor; "
              "print(json.dumps({p: v(p) for p in ('llmcompressor', 'compressed-tensors', 'torch', 'transformers')}))")
     why = f"no python at {py}" if not py.exists() else None
@@ -45,7 +51,7 @@ def library_versions() -> dict[str, str]:
         r = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, timeout=300)
         why = None if r.returncode == 0 else f"{py} cannot import {PACKAGE}: {r.stderr.strip().splitlines()[-1:]}"
         if why is None:
-            return json.loads(r.stdout.strip().splitlines()[-1])
+            return tuple(json.loads(r.stdout.strip().splitlines()[-1]).items())
     raise LibraryUnavailable(f"{LIBRARY} is not available ({why}). Install it in its own venv with "
                              f"`{INSTALL_COMMAND}` (or point COURSE_QUANT_LIB_PYTHON at a python that has it).")
 
