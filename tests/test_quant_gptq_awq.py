@@ -146,3 +146,15 @@ def test_inverse_hessian_factor_matches_the_reference_formula():
     got = inverse_hessian_upper_cholesky(h)
     assert torch.allclose(got, got.triu()) and torch.allclose(got, ref, rtol=1e-8, atol=1e-10)
     assert torch.allclose(got.T @ got @ h, torch.eye(96, dtype=torch.float64), atol=1e-8)
+
+
+def test_lower_triangular_inverse_by_halves_matches_a_triangular_solve():
+    """The recursive inverse (leaves of 16 here, so three levels of halves) equals solve_triangular(L, I)."""
+    import torch
+    from utils.quant.gptq import lower_triangular_inverse
+    torch.manual_seed(0)
+    lower = torch.randn(100, 100, dtype=torch.float64).tril() + 10 * torch.eye(100, dtype=torch.float64)
+    got = lower_triangular_inverse(lower, leaf=16)
+    ref = torch.linalg.solve_triangular(lower, torch.eye(100, dtype=torch.float64), upper=False)
+    assert torch.equal(got, got.tril()) and torch.allclose(got, ref, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(got @ lower, torch.eye(100, dtype=torch.float64), atol=1e-10)
