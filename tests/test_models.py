@@ -109,20 +109,48 @@ def test_a_corrupted_gguf_is_refused(tmp_path):
         offline.verify_gguf(spec, bad)
 
 
-def test_conversion_is_atomic_when_two_processes_race(tmp_path):
-    # two fresh processes convert into the same empty cache at once: both must end with one complete folder
-    code = ("import sys; from utils.models import offline_default_model as f; "
-            "print(f(sys.argv[1], verbose=False))")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, env=env) for _ in range(2)]
-    outs = [p.communicate(timeout=600)[0].strip().splitlines()[-1] for p in procs]
-    assert all(p.returncode == 0 for p in procs)
+def test_fresh_conversion_into_an_empty_cache(tmp_path):
+    # the GGUF -> safetensors conversion from scratch (the install step does it once per machine)
+    path = models.offline_default_model(tmp_path, verbose=False)
     name = models.OFFLINE_MODELS[models.DEFAULT_OFFLINE].name
-    assert outs[0] == outs[1] == str(tmp_path / name)
+    assert path == tmp_path / name
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]   # no temp folders left
     from utils.models.gguf_convert import is_converted
-    assert is_converted(tmp_path / name)
+    assert is_converted(path)
+
+
+_RACER = """
+import sys, time
+from pathlib import Path
+from utils.models.cache import publish_folder
+dest, barrier, me = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+with publish_folder(dest, lambda d: (d / "done").is_file()) as tmp:
+    (barrier / me).touch()                           # both writers are inside the block before either finishes
+    deadline = time.time() + 60
+    while len(list(barrier.iterdir())) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    (tmp / "weights").write_text(me)
+    time.sleep(0.5)
+    (tmp / "done").write_text("")
+print((dest / "weights").read_text())
+"""
+
+
+def test_publishing_is_atomic_when_two_processes_race(tmp_path):
+    # two processes write the same cache folder at once (what two conversions do): both end with one complete
+    # folder, the same one, and no temporary folders are left behind
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    cache, barrier = tmp_path / "cache", tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(cache / "model"), str(barrier), f"writer {i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in outs]
+    assert len(list(barrier.iterdir())) == 2             # the two really overlapped
+    winners = {out.strip() for out, _ in outs}
+    assert len(winners) == 1 and winners <= {"writer 0", "writer 1"}, winners
+    assert sorted(p.name for p in cache.iterdir()) == ["model"]
+    assert sorted(p.name for p in (cache / "model").iterdir()) == ["done", "weights"]
 
 
 def test_random_weights_dir_is_labelled_and_loadable(tmp_path):
